@@ -1,0 +1,266 @@
+package capture
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/plumecdc/plume/pkg/event"
+	"github.com/plumecdc/plume/pkg/kafka"
+)
+
+// producer is the Emitter that writes a source's changes into Kafka
+// transactions.
+//
+// Invariants (they are what makes capture exactly-once):
+//   - A Kafka transaction is only committed at a source transaction
+//     boundary (inSourceTxn is false), so it holds whole source
+//     transactions. A source transaction is never split: however large, it
+//     streams into one Kafka transaction (bounded by TransactionTimeout).
+//   - The last record of every Kafka transaction is the checkpoint record
+//     carrying the checkpoint of the last source transaction in it. Data and
+//     position therefore become visible to read_committed readers together,
+//     or not at all.
+//   - The source is acknowledged (and the Badger mirror written) only after
+//     EndTransaction(TryCommit) returned success, so the database never
+//     releases a change that is not committed in Kafka.
+//   - Any produce or commit failure aborts and fails Run; the caller restarts
+//     capture, which re-fences and resumes from the last committed
+//     checkpoint. No state survives a failure but what Kafka committed.
+type producer struct {
+	cfg    Config
+	cl     *kgo.Client
+	adm    *kadm.Client
+	src    Source
+	mirror Mirror
+	stats  *Stats
+	log    *slog.Logger
+	cancel context.CancelCauseFunc
+
+	enc    event.Encoder
+	topics map[string]bool // topics known to exist
+
+	mu          sync.Mutex
+	inTxn       bool      // a Kafka transaction is open
+	inSourceTxn bool      // Emit was called since the last Commit
+	txnStart    time.Time // when the open Kafka transaction began
+	txnEvents   int       // events in the open Kafka transaction
+	pending     []byte    // checkpoint of the last complete source txn in it
+	err         error     // first failure; sticky
+
+	produceErr   error
+	produceErrMu sync.Mutex
+}
+
+func (p *producer) Emit(ctx context.Context, c *event.Change) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err != nil {
+		return p.err
+	}
+	if err := p.beginLocked(); err != nil {
+		return p.fail(err)
+	}
+	if err := p.produceError(); err != nil {
+		return p.fail(classify(err))
+	}
+	p.inSourceTxn = true
+	topic, err := p.cfg.Topic(c)
+	if err != nil {
+		return p.fail(fmt.Errorf("topic for %s: %w", c.Table.QualifiedName(), err))
+	}
+	if !p.topics[topic] {
+		if err := kafka.EnsureTopics(ctx, p.adm, p.cfg.TopicSpec, topic); err != nil {
+			return p.fail(classify(err))
+		}
+		p.topics[topic] = true
+	}
+	p.enc.Pipeline, p.enc.Structured = p.cfg.Pipeline, p.cfg.Structured
+	rec := p.enc.Record(topic, c)
+	if size := recordSize(rec); size > p.cfg.MaxMessageBytes {
+		rec, err = p.oversize(rec, c, size)
+		if err != nil {
+			return p.fail(err)
+		}
+	}
+	p.produce(ctx, rec)
+	p.txnEvents++
+	if c.Op == event.OpDelete && p.cfg.Tombstones && rec.Key != nil && rec.Topic == topic {
+		p.produce(ctx, event.Tombstone(topic, rec.Key))
+	}
+	if err := p.produceError(); err != nil {
+		return p.fail(classify(err))
+	}
+	return nil
+}
+
+func (p *producer) Commit(ctx context.Context, cp []byte) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err != nil {
+		return p.err
+	}
+	if err := p.beginLocked(); err != nil {
+		return p.fail(err)
+	}
+	p.inSourceTxn = false
+	p.pending = cp
+	if p.txnEvents >= p.cfg.BatchMaxEvents || time.Since(p.txnStart) >= p.cfg.BatchLinger {
+		if err := p.commitLocked(ctx); err != nil {
+			return p.fail(err)
+		}
+	}
+	return nil
+}
+
+// lingerLoop commits an open Kafka transaction once it has lingered long
+// enough and sits at a source transaction boundary, so a quiet source does
+// not hold committed changes back.
+func (p *producer) lingerLoop(ctx context.Context) {
+	t := time.NewTicker(max(p.cfg.BatchLinger/2, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.mu.Lock()
+		if p.err == nil && p.inTxn && !p.inSourceTxn && p.pending != nil && time.Since(p.txnStart) >= p.cfg.BatchLinger {
+			if err := p.commitLocked(ctx); err != nil {
+				p.fail(err)
+			}
+		}
+		p.mu.Unlock()
+	}
+}
+
+func (p *producer) beginLocked() error {
+	if p.inTxn {
+		return nil
+	}
+	if err := p.cl.BeginTransaction(); err != nil {
+		return classify(err)
+	}
+	p.inTxn, p.txnStart, p.txnEvents, p.pending = true, time.Now(), 0, nil
+	return nil
+}
+
+// commitLocked writes the checkpoint record, flushes, commits, then acks.
+func (p *producer) commitLocked(ctx context.Context) error {
+	cp := p.pending
+	p.produce(ctx, &kgo.Record{Topic: p.cfg.CheckpointTopic, Partition: 0, Key: checkpointKey, Value: cp})
+	if err := p.cl.Flush(ctx); err != nil {
+		p.abortLocked()
+		return classify(fmt.Errorf("flush: %w", err))
+	}
+	if err := p.produceError(); err != nil {
+		p.abortLocked()
+		return classify(fmt.Errorf("produce: %w", err))
+	}
+	// Do not let ctx cancel the commit request: its outcome would be unknown.
+	endCtx, c := context.WithTimeout(context.WithoutCancel(ctx), 60*time.Second)
+	defer c()
+	if err := p.cl.EndTransaction(endCtx, kgo.TryCommit); err != nil {
+		p.abortLocked()
+		return classify(fmt.Errorf("commit Kafka transaction: %w", err))
+	}
+	p.stats.Transactions.Add(1)
+	p.stats.Events.Add(int64(p.txnEvents))
+	p.inTxn, p.pending, p.txnEvents = false, nil, 0
+	// Committed: only now may the source release these changes.
+	p.src.Ack(cp)
+	if p.mirror != nil {
+		if err := p.mirror.SaveCapture(cp); err != nil {
+			// The mirror only lags; Kafka stays authoritative.
+			p.log.Warn("could not mirror the capture checkpoint to the offset store", "err", err)
+		}
+	}
+	return nil
+}
+
+func (p *producer) abortLocked() {
+	if !p.inTxn {
+		return
+	}
+	p.inTxn = false
+	p.stats.Aborted.Add(1)
+	ctx, c := context.WithTimeout(context.Background(), 30*time.Second)
+	defer c()
+	_ = p.cl.AbortBufferedRecords(ctx)
+	if err := p.cl.EndTransaction(ctx, kgo.TryAbort); err != nil {
+		p.log.Warn("abort Kafka transaction", "err", err)
+	}
+}
+
+func (p *producer) produce(ctx context.Context, r *kgo.Record) {
+	p.cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
+		if err != nil {
+			p.produceErrMu.Lock()
+			if p.produceErr == nil {
+				p.produceErr = err
+			}
+			p.produceErrMu.Unlock()
+		}
+	})
+}
+
+func (p *producer) produceError() error {
+	p.produceErrMu.Lock()
+	defer p.produceErrMu.Unlock()
+	return p.produceErr
+}
+
+// fail records the first error, aborts, and stops the source.
+func (p *producer) fail(err error) error {
+	if p.err == nil {
+		p.err = err
+		p.abortLocked()
+		p.cancel(err)
+	}
+	return p.err
+}
+
+func recordSize(r *kgo.Record) int {
+	n := len(r.Key) + len(r.Value) + 64
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value) + 8
+	}
+	return n
+}
+
+// oversize applies the Oversize policy to a record too large for the broker.
+func (p *producer) oversize(rec *kgo.Record, c *event.Change, size int) (*kgo.Record, error) {
+	what := fmt.Sprintf("the change event for table %s key %q (id %s) is %d bytes, over kafka.max_message_bytes %d",
+		c.Table.QualifiedName(), c.Subject(), c.ID(), size, p.cfg.MaxMessageBytes)
+	if p.cfg.Oversize != "dlq" {
+		return nil, fmt.Errorf("%s; raise the limit (and the broker's message.max.bytes) or set kafka.oversize: dlq", what)
+	}
+	if !p.topics[p.cfg.DLQTopic] {
+		if err := kafka.EnsureTopics(context.Background(), p.adm, p.cfg.TopicSpec, p.cfg.DLQTopic); err != nil {
+			return nil, err
+		}
+		p.topics[p.cfg.DLQTopic] = true
+	}
+	// The dead-letter record keeps the CloudEvents attributes (headers) and
+	// says why the data is missing; the change itself is not in Kafka.
+	d := &kgo.Record{Topic: p.cfg.DLQTopic, Key: rec.Key}
+	for _, h := range rec.Headers {
+		if h.Key != "content-type" {
+			d.Headers = append(d.Headers, h)
+		}
+	}
+	d.Headers = append(d.Headers,
+		kgo.RecordHeader{Key: "ce_dlqreason", Value: []byte("oversize: " + what)},
+		kgo.RecordHeader{Key: "ce_dlqstage", Value: []byte("capture")},
+		kgo.RecordHeader{Key: "ce_dlqtopic", Value: []byte(rec.Topic)},
+		kgo.RecordHeader{Key: "ce_dlqtime", Value: []byte(event.FormatTime(time.Now()))},
+	)
+	p.log.Warn("oversize change event sent to the dead-letter queue", "table", c.Table.QualifiedName(), "key", c.Subject(), "bytes", size)
+	return d, nil
+}

@@ -1,0 +1,275 @@
+package event
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	cloudevents "github.com/cloudevents/sdk-go/v2/event"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// TypePrefix is the reverse-DNS prefix of every event type:
+// io.plume.row.insert, .update, .delete, .read and .truncate.
+const TypePrefix = "io.plume.row."
+
+// ContentTypeStructured is the content-type of a structured-mode record.
+const ContentTypeStructured = "application/cloudevents+json; charset=UTF-8"
+
+// Extension attribute names. Each is lowercase alphanumeric and at most 20
+// characters, as the CloudEvents spec requires.
+const (
+	ExtPartitionKey = "partitionkey" // the record key: the rendered primary key
+	ExtTxID         = "txid"         // source transaction id
+	ExtPosition     = "position"     // source position of the transaction
+	ExtDatabase     = "database"
+	ExtSchema       = "schema" // PostgreSQL only
+	ExtTable        = "table"
+	ExtTraceParent  = "traceparent" // W3C distributed tracing extension
+)
+
+// Type returns the CloudEvents type of an op.
+func Type(o Op) string { return TypePrefix + o.String() }
+
+// SourceURI is the CloudEvents source of a table's events:
+// "/plume/<pipeline>/<connector>/<database>". It is stable for the life of the
+// pipeline and, with the id, globally unique.
+func SourceURI(pipeline string, t *Table) string {
+	return "/plume/" + pipeline + "/" + t.Connector + "/" + t.Database
+}
+
+// Attributes is the CloudEvents context of a change, in the order Plume
+// writes them.
+type Attributes struct {
+	ID, Source, Type, Subject string
+	Time                      time.Time
+	Extensions                []Field // string-valued, in write order
+}
+
+// AttributesOf computes the CloudEvents attributes of c.
+func AttributesOf(pipeline string, c *Change) Attributes {
+	a := Attributes{
+		ID:      c.ID(),
+		Source:  SourceURI(pipeline, c.Table),
+		Type:    Type(c.Op),
+		Subject: c.Subject(),
+		Time:    c.Commit,
+	}
+	ext := make([]Field, 0, 7)
+	if a.Subject != "" {
+		ext = append(ext, Field{ExtPartitionKey, a.Subject})
+	}
+	if c.TxID != "" {
+		ext = append(ext, Field{ExtTxID, c.TxID})
+	}
+	ext = append(ext, Field{ExtPosition, c.Pos}, Field{ExtDatabase, c.Table.Database})
+	if c.Table.Schema != "" {
+		ext = append(ext, Field{ExtSchema, c.Table.Schema})
+	}
+	ext = append(ext, Field{ExtTable, c.Table.Name})
+	if c.TraceParent != "" {
+		ext = append(ext, Field{ExtTraceParent, c.TraceParent})
+	}
+	a.Extensions = ext
+	return a
+}
+
+// FormatTime renders a CloudEvents time attribute (RFC 3339, UTC, with
+// fractional seconds when present), as sdk-go does.
+func FormatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+// CloudEvent builds and validates the sdk-go event of c. It is the reference
+// form: the Kafka encoder below writes the same attributes without going
+// through sdk-go on the hot path, and tests check the two agree.
+func CloudEvent(pipeline string, c *Change) (cloudevents.Event, error) {
+	a := AttributesOf(pipeline, c)
+	e := cloudevents.New()
+	e.SetID(a.ID)
+	e.SetSource(a.Source)
+	e.SetType(a.Type)
+	if a.Subject != "" {
+		e.SetSubject(a.Subject)
+	}
+	e.SetTime(a.Time)
+	for _, x := range a.Extensions {
+		e.SetExtension(x.Name, x.Value)
+	}
+	if err := e.SetData("application/json", json.RawMessage(AppendEnvelope(nil, pipeline, c))); err != nil {
+		return e, err
+	}
+	return e, e.Validate()
+}
+
+// Encoder turns changes into Kafka records per the CloudEvents Kafka
+// protocol binding.
+type Encoder struct {
+	Pipeline string
+	// Structured selects structured mode (the whole event as JSON in the
+	// value). The default is binary mode: attributes in ce_ headers, the
+	// data in the value.
+	Structured bool
+}
+
+// Record encodes c as a Kafka record for topic. The key is the partitionkey
+// (nil for a truncate, which has no key).
+func (e *Encoder) Record(topic string, c *Change) *kgo.Record {
+	a := AttributesOf(e.Pipeline, c)
+	r := &kgo.Record{Topic: topic}
+	if a.Subject != "" {
+		r.Key = []byte(a.Subject)
+	}
+	data := AppendEnvelope(make([]byte, 0, 512), e.Pipeline, c)
+	if e.Structured {
+		r.Headers = []kgo.RecordHeader{{Key: "content-type", Value: []byte(ContentTypeStructured)}}
+		r.Value = appendStructured(make([]byte, 0, len(data)+256), a, data)
+		return r
+	}
+	h := make([]kgo.RecordHeader, 0, 6+len(a.Extensions))
+	h = append(h,
+		kgo.RecordHeader{Key: "ce_specversion", Value: []byte("1.0")},
+		kgo.RecordHeader{Key: "ce_id", Value: []byte(a.ID)},
+		kgo.RecordHeader{Key: "ce_source", Value: []byte(a.Source)},
+		kgo.RecordHeader{Key: "ce_type", Value: []byte(a.Type)},
+	)
+	if a.Subject != "" {
+		h = append(h, kgo.RecordHeader{Key: "ce_subject", Value: []byte(a.Subject)})
+	}
+	h = append(h,
+		kgo.RecordHeader{Key: "ce_time", Value: []byte(FormatTime(a.Time))},
+		kgo.RecordHeader{Key: "content-type", Value: []byte("application/json")},
+	)
+	for _, x := range a.Extensions {
+		h = append(h, kgo.RecordHeader{Key: "ce_" + x.Name, Value: []byte(x.Value.(string))})
+	}
+	r.Headers = h
+	r.Value = data
+	return r
+}
+
+// Tombstone returns the tombstone that follows a delete: same key, null
+// value, no headers, so log compaction drops the key.
+func Tombstone(topic string, key []byte) *kgo.Record {
+	return &kgo.Record{Topic: topic, Key: key}
+}
+
+func appendStructured(dst []byte, a Attributes, data []byte) []byte {
+	dst = append(dst, `{"specversion":"1.0","id":`...)
+	dst = AppendJSONString(dst, a.ID)
+	dst = append(dst, `,"source":`...)
+	dst = AppendJSONString(dst, a.Source)
+	dst = append(dst, `,"type":`...)
+	dst = AppendJSONString(dst, a.Type)
+	if a.Subject != "" {
+		dst = append(dst, `,"subject":`...)
+		dst = AppendJSONString(dst, a.Subject)
+	}
+	dst = append(dst, `,"time":`...)
+	dst = AppendJSONString(dst, FormatTime(a.Time))
+	dst = append(dst, `,"datacontenttype":"application/json"`...)
+	for _, x := range a.Extensions {
+		dst = append(dst, ',')
+		dst = AppendJSONString(dst, x.Name)
+		dst = append(dst, ':')
+		dst = AppendJSONString(dst, x.Value.(string))
+	}
+	dst = append(dst, `,"data":`...)
+	dst = append(dst, data...)
+	return append(dst, '}')
+}
+
+// Received is a change event read back from Kafka, in either binding mode.
+type Received struct {
+	ID, Source, Type, Subject, Time string
+	Extensions                      map[string]string
+	Data                            []byte // the envelope JSON
+}
+
+// Op returns the event's op from its type.
+func (r *Received) Op() (Op, bool) {
+	return ParseOp(strings.TrimPrefix(r.Type, TypePrefix))
+}
+
+// Decode reads a CloudEvent from a Kafka record. It returns (nil, nil) for a
+// tombstone (null value, no CloudEvents headers).
+func Decode(rec *kgo.Record) (*Received, error) {
+	var ct string
+	for _, h := range rec.Headers {
+		if h.Key == "content-type" {
+			ct = string(h.Value)
+			break
+		}
+	}
+	if strings.HasPrefix(ct, "application/cloudevents+json") {
+		return decodeStructured(rec.Value)
+	}
+	r := &Received{Extensions: make(map[string]string, 8), Data: rec.Value}
+	seen := false
+	for _, h := range rec.Headers {
+		name, ok := strings.CutPrefix(h.Key, "ce_")
+		if !ok {
+			continue
+		}
+		seen = true
+		v := string(h.Value)
+		switch name {
+		case "id":
+			r.ID = v
+		case "source":
+			r.Source = v
+		case "type":
+			r.Type = v
+		case "subject":
+			r.Subject = v
+		case "time":
+			r.Time = v
+		case "specversion":
+			if v != "1.0" {
+				return nil, fmt.Errorf("unsupported CloudEvents specversion %q", v)
+			}
+		default:
+			r.Extensions[name] = v
+		}
+	}
+	if !seen {
+		if rec.Value == nil {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("record at %s/%d@%d has no CloudEvents headers", rec.Topic, rec.Partition, rec.Offset)
+	}
+	return r, nil
+}
+
+func decodeStructured(v []byte) (*Received, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(v, &m); err != nil {
+		return nil, fmt.Errorf("structured CloudEvent: %w", err)
+	}
+	r := &Received{Extensions: make(map[string]string, 8)}
+	for k, raw := range m {
+		if k == "data" {
+			r.Data = raw
+			continue
+		}
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, fmt.Errorf("structured CloudEvent attribute %q: %w", k, err)
+		}
+		switch k {
+		case "id":
+			r.ID = s
+		case "source":
+			r.Source = s
+		case "type":
+			r.Type = s
+		case "subject":
+			r.Subject = s
+		case "time":
+			r.Time = s
+		case "specversion", "datacontenttype":
+		default:
+			r.Extensions[k] = s
+		}
+	}
+	return r, nil
+}

@@ -1,0 +1,281 @@
+// Package runtime assembles a pipeline from its configuration and runs it:
+// the embedded broker (when no Kafka cluster is configured), the capture
+// stage (source -> Kafka) and one delivery loop per target (Kafka -> router
+// -> target). It owns start-up order, shutdown, and error propagation.
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/plumecdc/plume/pkg/capture"
+	"github.com/plumecdc/plume/pkg/config"
+	"github.com/plumecdc/plume/pkg/event"
+	"github.com/plumecdc/plume/pkg/kafka"
+	"github.com/plumecdc/plume/pkg/offsets"
+	"github.com/plumecdc/plume/pkg/router"
+	"github.com/plumecdc/plume/pkg/target"
+)
+
+// Stage selects what a process runs.
+type Stage string
+
+const (
+	StageAll     Stage = "all"     // capture and delivery in one process
+	StageCapture Stage = "capture" // one active reader per source
+	StageRoute   Stage = "route"   // delivery to targets; scale out as consumers
+)
+
+// Pipeline is a running pipeline.
+type Pipeline struct {
+	Cfg   *config.Pipeline
+	Log   *slog.Logger
+	Stage Stage
+
+	Store        *offsets.Store
+	Broker       *kafka.Embedded
+	Client       kafka.ClientConfig
+	Router       *router.Router
+	CaptureStats capture.Stats
+	TargetStats  map[string]*target.DeliveryStats
+}
+
+// ClientConfig maps the pipeline's kafka block to client settings. With the
+// embedded broker, brokers is its address.
+func ClientConfig(p *config.Pipeline, brokers []string) (kafka.ClientConfig, error) {
+	cc := kafka.ClientConfig{
+		Brokers:       brokers,
+		Compression:   p.Kafka.Compression,
+		SASLMechanism: p.Kafka.SASL.Mechanism,
+		SASLUser:      p.Kafka.SASL.Username,
+		SASLPassword:  p.Kafka.SASL.Password.Reveal(),
+	}
+	if p.Kafka.TLS.Enabled {
+		t, err := p.Kafka.TLS.TLS.ClientConfig()
+		if err != nil {
+			return cc, fmt.Errorf("kafka.tls: %w", err)
+		}
+		cc.TLS = t
+	}
+	return cc, nil
+}
+
+// New prepares a pipeline: compiles routes, opens the offset store and
+// starts the embedded broker if needed. Nothing is read or written before
+// every check has passed.
+func New(cfg *config.Pipeline, stage Stage, log *slog.Logger) (*Pipeline, error) {
+	r, err := router.Compile(cfg.Routes)
+	if err != nil {
+		return nil, err
+	}
+	p := &Pipeline{Cfg: cfg, Log: log, Stage: stage, Router: r, TargetStats: map[string]*target.DeliveryStats{}}
+	p.Store, err = offsets.Open(filepath.Join(cfg.StateDir, "offsets"))
+	if err != nil {
+		return nil, err
+	}
+	brokers := cfg.Kafka.Brokers
+	if cfg.Embedded() {
+		p.Broker, err = kafka.StartEmbedded(cfg.StateDir, cfg.Kafka.Embedded.Listen, log)
+		if err != nil {
+			p.Store.Close()
+			return nil, err
+		}
+		brokers = []string{p.Broker.Addr()}
+	}
+	p.Client, err = ClientConfig(cfg, brokers)
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
+	if err := p.checkBrokers(); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// checkBrokers makes sure the brokers answer, with bounded retries.
+func (p *Pipeline) checkBrokers() error {
+	opts, err := p.Client.Opts()
+	if err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	var last error
+	for attempt := 0; attempt < 5; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		last = cl.Ping(ctx)
+		cancel()
+		if last == nil {
+			return nil
+		}
+		time.Sleep(time.Duration(attempt+1) * 500 * time.Millisecond)
+	}
+	return fmt.Errorf("kafka brokers %v unreachable after 5 attempts: %w", p.Client.Brokers, last)
+}
+
+// Close releases the offset store and stops the embedded broker.
+func (p *Pipeline) Close() {
+	if p.Broker != nil {
+		p.Broker.Close()
+	}
+	if p.Store != nil {
+		p.Store.Close()
+	}
+}
+
+// Run runs the pipeline's stages until ctx is cancelled (a clean shutdown,
+// nil error) or a stage fails (the others are stopped and the error
+// returned).
+func (p *Pipeline) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	fail := func(err error) {
+		if err == nil || errors.Is(err, context.Canceled) {
+			return
+		}
+		mu.Lock()
+		if first == nil {
+			first = err
+		}
+		mu.Unlock()
+		cancel(err)
+	}
+	if p.Stage == StageAll || p.Stage == StageCapture {
+		wg.Add(1)
+		go func() { defer wg.Done(); fail(p.runCapture(ctx)) }()
+	}
+	if p.Stage == StageAll || p.Stage == StageRoute {
+		dlqClient, err := p.dlqClient()
+		if err != nil {
+			return err
+		}
+		defer dlqClient.Close()
+		dlq := target.NewDLQ(dlqClient, p.Cfg.DLQTopic())
+		for _, name := range p.Cfg.TargetNames() {
+			p.TargetStats[name] = &target.DeliveryStats{}
+		}
+		for _, name := range p.Cfg.TargetNames() {
+			wg.Add(1)
+			go func() { defer wg.Done(); fail(p.runTarget(ctx, name, dlq, p.TargetStats[name])) }()
+		}
+	}
+	wg.Wait()
+	return first
+}
+
+func (p *Pipeline) dlqClient() (*kgo.Client, error) {
+	opts, err := p.Client.Opts()
+	if err != nil {
+		return nil, err
+	}
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, err
+	}
+	adm := kadm.NewClient(cl)
+	if err := kafka.EnsureTopics(context.Background(), adm, p.topicSpec(), p.Cfg.DLQTopic()); err != nil {
+		cl.Close()
+		return nil, err
+	}
+	return cl, nil
+}
+
+func (p *Pipeline) topicSpec() kafka.TopicSpec {
+	t := p.Cfg.Kafka.Topics
+	return kafka.TopicSpec{Partitions: t.Partitions, ReplicationFactor: t.ReplicationFactor, Configs: t.Configs}
+}
+
+// runCapture runs the capture stage, restarting it after Kafka-side
+// failures (each restart re-fences and resumes from the committed
+// checkpoint). Source failures and fencing stop the pipeline.
+func (p *Pipeline) runCapture(ctx context.Context) error {
+	backoff := time.Second
+	for {
+		src, err := capture.NewSource(p.Cfg, p.Log.With("stage", "capture"))
+		if err != nil {
+			return err
+		}
+		err = capture.Run(ctx, p.captureConfig(), src, p.Store, &p.CaptureStats, p.Log.With("stage", "capture"))
+		src.Close()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil || !capture.Retryable(err) {
+			return err
+		}
+		p.Log.Warn("capture failed; restarting from the last committed checkpoint", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+func (p *Pipeline) captureConfig() capture.Config {
+	k := p.Cfg.Kafka
+	return capture.Config{
+		Pipeline:           p.Cfg.Name,
+		Client:             p.Client,
+		TransactionalID:    p.Cfg.TransactionalID(),
+		CheckpointTopic:    p.Cfg.CheckpointTopic(),
+		Topic:              p.topicFunc(),
+		Structured:         k.Mode == config.ModeStructured,
+		Tombstones:         k.Tombstones,
+		TopicSpec:          p.topicSpec(),
+		BatchMaxEvents:     k.BatchMaxEvents,
+		BatchLinger:        k.BatchLinger.Duration,
+		MaxBufferedBytes:   int(k.MaxBufferedBytes),
+		MaxMessageBytes:    k.MaxMessageBytes,
+		Oversize:           k.Oversize,
+		DLQTopic:           p.Cfg.DLQTopic(),
+		TransactionTimeout: 5 * time.Minute,
+	}
+}
+
+// topicFunc returns the default topic mapping: "<prefix>.<database>.<table>"
+// (the schema in place of the database for PostgreSQL).
+func (p *Pipeline) topicFunc() func(*event.Change) (string, error) {
+	return func(c *event.Change) (string, error) {
+		db := c.Table.Database
+		if c.Table.Schema != "" {
+			db = c.Table.Schema
+		}
+		return p.Cfg.TableTopic(db, c.Table.Name), nil
+	}
+}
+
+func (p *Pipeline) runTarget(ctx context.Context, name string, dlq *target.DLQ, stats *target.DeliveryStats) error {
+	log := p.Log.With("stage", "deliver", "target", name)
+	t, err := target.New(ctx, target.Env{Pipeline: p.Cfg, Name: name, Config: p.Cfg.Targets[name], Log: log})
+	if err != nil {
+		return err
+	}
+	cfg := target.DeliveryConfig{
+		Pipeline:      p.Cfg.Name,
+		Target:        name,
+		Client:        p.Client,
+		Group:         p.Cfg.ConsumerGroup(name),
+		TopicRegex:    "^" + regexp.QuoteMeta(p.Cfg.TopicPrefix()+".") + ".*",
+		ExcludeTopics: []string{p.Cfg.CheckpointTopic(), p.Cfg.DLQTopic()},
+	}
+	return target.Deliver(ctx, cfg, t, routerAdapter{p.Router.ForTarget(name)}, p.Store, dlq, stats, log)
+}

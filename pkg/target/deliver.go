@@ -1,0 +1,370 @@
+package target
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"regexp"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/plumecdc/plume/pkg/kafka"
+)
+
+// Router turns a record into the messages bound for one target. A
+// *RouteError (or any error) makes the record a dead letter.
+type Router interface {
+	Eval(rec *kgo.Record) ([]Message, error)
+}
+
+// RouteError is a routing failure of one record for one route.
+type RouteError struct {
+	Route string
+	Err   error
+}
+
+func (e *RouteError) Error() string { return fmt.Sprintf("route %q: %v", e.Route, e.Err) }
+func (e *RouteError) Unwrap() error { return e.Err }
+
+// OffsetStore is the local offset store (pkg/offsets).
+type OffsetStore interface {
+	TargetOffsets(name string) (Offsets, error)
+	SaveTargetOffsets(name string, o Offsets) error
+}
+
+// DeliveryConfig configures one target's delivery loop.
+type DeliveryConfig struct {
+	Pipeline string
+	Target   string
+	Client   kafka.ClientConfig
+	// Group is the target's consumer group, "plume.<pipeline>.<target>".
+	Group string
+	// TopicRegex selects the pipeline's data topics.
+	TopicRegex string
+	// ExcludeTopics are never consumed (checkpoint and DLQ topics).
+	ExcludeTopics []string
+
+	BatchMaxEvents int           // default 1000
+	BatchMaxBytes  int           // default 4 MiB
+	BatchLinger    time.Duration // default 100ms
+	RetryMin       time.Duration // default 100ms
+	RetryMax       time.Duration // default 30s
+}
+
+func (c *DeliveryConfig) defaults() {
+	if c.BatchMaxEvents <= 0 {
+		c.BatchMaxEvents = 1000
+	}
+	if c.BatchMaxBytes <= 0 {
+		c.BatchMaxBytes = 4 << 20
+	}
+	if c.BatchLinger <= 0 {
+		c.BatchLinger = 100 * time.Millisecond
+	}
+	if c.RetryMin <= 0 {
+		c.RetryMin = 100 * time.Millisecond
+	}
+	if c.RetryMax <= 0 {
+		c.RetryMax = 30 * time.Second
+	}
+}
+
+// DeliveryStats counts a target's progress. Read with atomic loads.
+type DeliveryStats struct {
+	Delivered  atomic.Int64
+	DeadLetter atomic.Int64
+	Retries    atomic.Int64
+	Batches    atomic.Int64
+}
+
+// Deliver runs one target's loop until ctx is done or the target fails
+// permanently: consume the pipeline's topics (read_committed), route, batch,
+// apply, checkpoint.
+//
+// Checkpoint invariants:
+//   - A batch's offsets are saved (in Badger, then the consumer group) only
+//     after Apply returned success, so the saved offset of a partition is
+//     never past a record the target has not durably applied or
+//     dead-lettered.
+//   - Dead letters are written to Kafka (synchronously) before the batch that
+//     skips them is checkpointed, so a poison record is never lost; a crash
+//     between the two re-sends it to the dead-letter queue (same id).
+//   - Only one batch is in flight per target, and the consumer is not polled
+//     while it is retried: a slow or dead target applies backpressure to its
+//     own consumer only, and memory stays bounded by one batch plus the
+//     client's fetch buffers.
+//   - Start offsets, per partition: the target's own stored offsets when it
+//     keeps them transactionally (authoritative: they were committed with the
+//     data); otherwise the later of the Badger offset and the group's
+//     committed offset (each records only applied positions); otherwise the
+//     partition's start.
+func Deliver(ctx context.Context, cfg DeliveryConfig, t Target, r Router, store OffsetStore, dlq *DLQ, stats *DeliveryStats, log *slog.Logger) error {
+	cfg.defaults()
+	if stats == nil {
+		stats = new(DeliveryStats)
+	}
+	var targetOffsets Offsets
+	if err := retry(ctx, cfg, stats, log, "open", func() error {
+		var err error
+		targetOffsets, err = t.Open(ctx)
+		return err
+	}); err != nil {
+		return err
+	}
+	defer t.Close()
+	stored, err := store.TargetOffsets(cfg.Target)
+	if err != nil {
+		return err
+	}
+	if targetOffsets != nil {
+		stored = targetOffsets
+		if err := store.SaveTargetOffsets(cfg.Target, targetOffsets); err != nil {
+			return err
+		}
+	}
+	base, err := cfg.Client.Opts()
+	if err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(append(base,
+		kgo.ConsumerGroup(cfg.Group),
+		kgo.ConsumeRegex(),
+		kgo.ConsumeTopics(cfg.TopicRegex),
+		kgo.ConsumeExcludeTopics(excludePatterns(cfg.ExcludeTopics)...),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.DisableAutoCommit(),
+		kgo.BlockRebalanceOnPoll(),
+		kgo.MetadataMaxAge(5*time.Second),
+		kgo.FetchMaxBytes(16<<20),
+		kgo.FetchMaxPartitionBytes(4<<20),
+		kgo.MaxConcurrentFetches(2),
+		kgo.AdjustFetchOffsetsFn(func(_ context.Context, m map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
+			for topic, parts := range m {
+				for p, committed := range parts {
+					tp := TopicPartition{topic, p}
+					if off, ok := stored[tp]; ok && (targetOffsets != nil || off > committed.EpochOffset().Offset) {
+						parts[p] = kgo.NewOffset().At(off).WithEpoch(-1)
+					}
+				}
+			}
+			return m, nil
+		}),
+	)...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+
+	d := &deliverer{cfg: cfg, t: t, r: r, store: store, dlq: dlq, cl: cl, stats: stats, log: log}
+	return d.loop(ctx)
+}
+
+type deliverer struct {
+	cfg   DeliveryConfig
+	t     Target
+	r     Router
+	store OffsetStore
+	dlq   *DLQ
+	cl    *kgo.Client
+	stats *DeliveryStats
+	log   *slog.Logger
+}
+
+func (d *deliverer) loop(ctx context.Context) error {
+	for {
+		batch, dead, err := d.collect(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if len(batch.Offsets) > 0 {
+			if err := d.apply(ctx, batch, dead); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		}
+		d.cl.AllowRebalance()
+	}
+}
+
+// collect polls until the batch is full or has lingered.
+func (d *deliverer) collect(ctx context.Context) (*Batch, []DeadLetter, error) {
+	b := &Batch{Offsets: Offsets{}}
+	var dead []DeadLetter
+	bytes := 0
+	var deadline time.Time
+	for {
+		pollCtx := ctx
+		var cancel context.CancelFunc = func() {}
+		if !deadline.IsZero() {
+			left := time.Until(deadline)
+			if left <= 0 {
+				return b, dead, nil
+			}
+			pollCtx, cancel = context.WithTimeout(ctx, left)
+		}
+		fs := d.cl.PollRecords(pollCtx, d.cfg.BatchMaxEvents-len(b.Messages))
+		cancel()
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		for _, e := range fs.Errors() {
+			if errors.Is(e.Err, context.DeadlineExceeded) || errors.Is(e.Err, context.Canceled) {
+				continue
+			}
+			if errors.Is(e.Err, kgo.ErrClientClosed) {
+				return nil, nil, e.Err
+			}
+			d.log.Warn("fetch error", "topic", e.Topic, "partition", e.Partition, "err", e.Err)
+		}
+		fs.EachRecord(func(rec *kgo.Record) {
+			b.Offsets[TopicPartition{rec.Topic, rec.Partition}] = rec.Offset + 1
+			bytes += len(rec.Value)
+			msgs, err := d.r.Eval(rec)
+			if err != nil {
+				route := ""
+				var re *RouteError
+				if errors.As(err, &re) {
+					route = re.Route
+				}
+				dead = append(dead, DeadLetter{Msg: rawMessage(rec), Route: route, Target: d.cfg.Target, Err: err, Attempts: 1})
+			}
+			b.Messages = append(b.Messages, msgs...)
+		})
+		if len(b.Offsets) > 0 && deadline.IsZero() {
+			deadline = time.Now().Add(d.cfg.BatchLinger)
+		}
+		if len(b.Messages) >= d.cfg.BatchMaxEvents || bytes >= d.cfg.BatchMaxBytes {
+			return b, dead, nil
+		}
+	}
+}
+
+func rawMessage(rec *kgo.Record) Message {
+	m := Message{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Value: rec.Value, Subject: string(rec.Key)}
+	for _, h := range rec.Headers {
+		m.Headers = append(m.Headers, Header{h.Key, h.Value})
+		if h.Key == "ce_id" {
+			m.ID = string(h.Value)
+		}
+	}
+	return m
+}
+
+// apply delivers one batch: dead letters first, then the target, then the
+// checkpoint (see the invariants on Deliver).
+func (d *deliverer) apply(ctx context.Context, b *Batch, dead []DeadLetter) error {
+	attempts := 0
+	err := retry(ctx, d.cfg, d.stats, d.log, "apply", func() error {
+		attempts++
+		if len(dead) > 0 && d.dlq != nil {
+			if err := d.dlq.Send(ctx, dead); err != nil {
+				return err
+			}
+			d.stats.DeadLetter.Add(int64(len(dead)))
+			dead = nil
+		}
+		if len(b.Messages) == 0 {
+			return nil
+		}
+		err := d.t.Apply(ctx, b)
+		var re *RecordErrors
+		if errors.As(err, &re) {
+			var rest []Message
+			var poison []DeadLetter
+			for i, m := range b.Messages {
+				if e, bad := re.Failed[i]; bad {
+					poison = append(poison, DeadLetter{Msg: m, Route: m.Route, Target: d.cfg.Target, Err: e, Attempts: attempts})
+				} else {
+					rest = append(rest, m)
+				}
+			}
+			d.log.Warn("target rejected records; sending them to the dead-letter queue", "target", d.cfg.Target, "count", len(poison))
+			dead = poison
+			if re.Applied {
+				b.Messages = nil
+			} else {
+				b.Messages = rest
+			}
+			return errRetryNow
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	d.stats.Delivered.Add(int64(len(b.Messages)))
+	d.stats.Batches.Add(1)
+	if err := d.store.SaveTargetOffsets(d.cfg.Target, b.Offsets); err != nil {
+		return fmt.Errorf("offset store: %w", err)
+	}
+	// The group commit is for visibility and fail-over; Badger (or the
+	// target) already holds the truth, so a failure here is only logged.
+	offs := map[string]map[int32]kgo.EpochOffset{}
+	for tp, o := range b.Offsets {
+		if offs[tp.Topic] == nil {
+			offs[tp.Topic] = map[int32]kgo.EpochOffset{}
+		}
+		offs[tp.Topic][tp.Partition] = kgo.EpochOffset{Epoch: -1, Offset: o}
+	}
+	d.cl.CommitOffsets(ctx, offs, func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, _ *kmsg.OffsetCommitResponse, err error) {
+		if err != nil && ctx.Err() == nil {
+			d.log.Debug("commit offsets to the consumer group", "err", err)
+		}
+	})
+	return nil
+}
+
+// errRetryNow asks retry to run the function again at once (progress was made).
+var errRetryNow = errors.New("retry now")
+
+// retry runs fn until it succeeds, fails permanently, or ctx ends, backing
+// off exponentially with full jitter between attempts.
+func retry(ctx context.Context, cfg DeliveryConfig, stats *DeliveryStats, log *slog.Logger, what string, fn func() error) error {
+	backoff := cfg.RetryMin
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, errRetryNow) {
+			attempt = 0
+			continue
+		}
+		if IsPermanent(err) {
+			return fmt.Errorf("target %q: %w", cfg.Target, err)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		stats.Retries.Add(1)
+		wait := time.Duration(rand.Int64N(int64(backoff))) + backoff/2
+		log.Warn("target "+what+" failed; retrying", "target", cfg.Target, "attempt", attempt, "in", wait.Round(time.Millisecond), "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, cfg.RetryMax)
+	}
+}
+
+// excludePatterns turns topic names into exact-match regular expressions
+// (ConsumeExcludeTopics takes patterns when consuming by regex).
+func excludePatterns(topics []string) []string {
+	out := make([]string, len(topics))
+	for i, t := range topics {
+		out[i] = "^" + regexp.QuoteMeta(t) + "$"
+	}
+	return out
+}
