@@ -10,7 +10,7 @@ var Version = "dev"
 // CloudEvent's data, to dst. The layout follows Debezium's value envelope:
 //
 //	{"before":{..}|null,"after":{..}|null,
-//	 "source":{"version","connector","name","ts_ms","snapshot","db",["schema",]"table",["txId",] connector fields..},
+//	 "source":{"version","connector","name","ts_ms","snapshot","db",["schema",]"table",["txId",]"position", connector fields..},
 //	 "op":"c|u|d|r|t","ts_ms":N,
 //	 ["transaction":{"id","total_order","data_collection_order"},]
 //	 ["unchanged":["col",..]]}
@@ -49,7 +49,7 @@ func AppendEnvelope(dst []byte, pipeline string, c *Change) []byte {
 		dst = append(dst, `,"txId":`...)
 		dst = AppendJSONString(dst, c.TxID)
 	}
-	dst = append(dst, `,"pos":`...)
+	dst = append(dst, `,"position":`...)
 	dst = AppendJSONString(dst, c.Pos)
 	for _, f := range c.SourceFields {
 		dst = append(dst, ',')

@@ -1,0 +1,232 @@
+package event
+
+import (
+	"context"
+	"encoding/json"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/cloudevents/sdk-go/protocol/kafka_sarama/v2"
+	"github.com/cloudevents/sdk-go/v2/binding"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+var products = &Table{
+	Connector: "postgresql", Database: "shop", Schema: "public", Name: "products",
+	Columns: []Column{{Name: "id", Type: "bigint"}, {Name: "sku", Type: "text"}, {Name: "price", Type: "numeric(10,2)"}, {Name: "blob", Type: "bytea"}},
+	Key:     []int{0},
+}
+
+var orders = &Table{
+	Connector: "mysql", Database: "shop", Name: "order_lines",
+	Columns: []Column{{Name: "order_id", Type: "int"}, {Name: "line", Type: "varchar(10)"}, {Name: "qty", Type: "bigint unsigned"}},
+	Key:     []int{0, 1},
+}
+
+var commit = time.Date(2026, 11, 24, 10, 30, 0, 123456000, time.UTC)
+
+// corpus covers every op, both connectors, composite keys with characters
+// that need escaping, and every Value kind.
+func corpus() []*Change {
+	return []*Change{
+		{Op: OpCreate, Table: products, After: []Value{int64(42), "SKU-1", Decimal("12.50"), []byte{0, 1, 2}}, Commit: commit, TxID: "771", Pos: "lsn:0/16B3748", Index: 0, TableIndex: 1},
+		{Op: OpUpdate, Table: products, Before: []Value{int64(42), "SKU-1", Decimal("12.50"), Unchanged{}}, After: []Value{int64(42), "SKU-1", Decimal("13.00"), Unchanged{}}, Commit: commit, TxID: "771", Pos: "lsn:0/16B3748", Index: 1, TableIndex: 2},
+		{Op: OpDelete, Table: products, Before: []Value{int64(42), "SKU-1", Decimal("13.00"), nil}, Commit: commit, TxID: "772", Pos: "lsn:0/16B3800", Index: 0, TableIndex: 1},
+		{Op: OpRead, Table: products, After: []Value{int64(7), "émoji 🎉 \"q\"\n", Decimal("NaN"), nil}, Commit: commit, Pos: "snapshot:0/16B0000", Snapshot: true},
+		{Op: OpTruncate, Table: products, Commit: commit, TxID: "773", Pos: "lsn:0/16B3900", Index: 0, TableIndex: 1},
+		{Op: OpCreate, Table: orders, After: []Value{int64(5), "a,b=c\\d", uint64(math.MaxUint64)}, Commit: commit, TxID: "0-1-42", Pos: "gtid:0-1-42", Index: 3, TableIndex: 4,
+			SourceFields: []Field{{"file", "binlog.000003"}, {"pos", int64(4567)}, {"server_id", int64(1)}}, TraceParent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+	}
+}
+
+func TestIDsAreDeterministicAndUnique(t *testing.T) {
+	seen := map[string]bool{}
+	for _, c := range corpus() {
+		id := c.ID()
+		if id != c.ID() {
+			t.Fatalf("id not deterministic: %q", id)
+		}
+		if seen[id] {
+			t.Fatalf("duplicate id %q", id)
+		}
+		seen[id] = true
+	}
+	if got := corpus()[0].ID(); got != "lsn:0/16B3748/0" {
+		t.Errorf("id = %q", got)
+	}
+	if got := corpus()[3].ID(); got != "snapshot:0/16B0000/public.products/id=7" {
+		t.Errorf("snapshot id = %q", got)
+	}
+}
+
+func TestSubjectEscapesCompositeKeys(t *testing.T) {
+	if got, want := corpus()[5].Subject(), `order_id=5,line=a\,b\=c\\d`; got != want {
+		t.Errorf("subject = %q, want %q", got, want)
+	}
+	if got := corpus()[2].Subject(); got != "id=42" {
+		t.Errorf("delete subject = %q (must come from the before image)", got)
+	}
+	if got := corpus()[4].Subject(); got != "" {
+		t.Errorf("truncate subject = %q", got)
+	}
+}
+
+func TestEnvelopeIsDebeziumShaped(t *testing.T) {
+	for _, c := range corpus() {
+		data := AppendEnvelope(nil, "shop-sync", c)
+		if !json.Valid(data) {
+			t.Fatalf("invalid JSON: %s", data)
+		}
+		var env struct {
+			Before, After map[string]any
+			Source        map[string]any
+			Op            string
+			TsMs          int64 `json:"ts_ms"`
+			Transaction   *struct {
+				ID         string `json:"id"`
+				TotalOrder int64  `json:"total_order"`
+				DataOrder  int64  `json:"data_collection_order"`
+			}
+			Unchanged []string
+		}
+		if err := json.Unmarshal(data, &env); err != nil {
+			t.Fatal(err)
+		}
+		if env.Op != c.Op.Code() || env.TsMs != commit.UnixMilli() {
+			t.Errorf("op/ts_ms: %s", data)
+		}
+		if env.Source["table"] != c.Table.Name || env.Source["db"] != c.Table.Database || env.Source["name"] != "shop-sync" {
+			t.Errorf("source block: %s", data)
+		}
+		if (c.After == nil) != (env.After == nil) || (c.Before == nil) != (env.Before == nil) {
+			t.Errorf("images: %s", data)
+		}
+		if !c.Snapshot && c.TxID != "" && (env.Transaction == nil || env.Transaction.TotalOrder != c.Index+1) {
+			t.Errorf("transaction block: %s", data)
+		}
+	}
+	upd := string(AppendEnvelope(nil, "p", corpus()[1]))
+	if !strings.Contains(upd, `"unchanged":["blob"]`) || strings.Contains(upd, `"blob":`) {
+		t.Errorf("unchanged TOAST column must be listed and not invented: %s", upd)
+	}
+	ins := string(AppendEnvelope(nil, "p", corpus()[5]))
+	if !strings.Contains(ins, `"qty":18446744073709551615`) {
+		t.Errorf("uint64 not exact: %s", ins)
+	}
+}
+
+func TestValueJSON(t *testing.T) {
+	cases := []struct {
+		v    Value
+		want string
+	}{
+		{nil, "null"}, {true, "true"}, {int64(-5), "-5"}, {uint64(math.MaxUint64), "18446744073709551615"},
+		{1.5, "1.5"}, {math.NaN(), `"NaN"`}, {math.Inf(1), `"Infinity"`}, {math.Inf(-1), `"-Infinity"`},
+		{1e21, "1e+21"}, {"a\"b\\\u0001", `"a\"b\\\u0001"`}, {"\xff", `"\ufffd"`}, {[]byte("hi"), `"aGk="`},
+		{Decimal("123456789012345678901234567890.123456789"), `"123456789012345678901234567890.123456789"`},
+		{RawJSON(`{"a":1}`), `{"a":1}`}, {[]Value{int64(1), "x", nil}, `[1,"x",null]`},
+		{map[string]Value{"b": int64(2), "a": "1"}, `{"a":"1","b":2}`},
+	}
+	for _, c := range cases {
+		if got := string(AppendJSON(nil, c.v)); got != c.want {
+			t.Errorf("AppendJSON(%#v) = %s, want %s", c.v, got, c.want)
+		}
+	}
+}
+
+// toSarama parses a kgo record with sdk-go's Kafka (sarama) protocol binding:
+// an implementation Plume did not write.
+func toSarama(t *testing.T, r *kgo.Record) *kafka_sarama.Message {
+	t.Helper()
+	cm := &sarama.ConsumerMessage{Topic: r.Topic, Key: r.Key, Value: r.Value}
+	for _, h := range r.Headers {
+		cm.Headers = append(cm.Headers, &sarama.RecordHeader{Key: []byte(h.Key), Value: h.Value})
+	}
+	return kafka_sarama.NewMessageFromConsumerMessage(cm)
+}
+
+func TestKafkaRecordsParseWithSDKBinding(t *testing.T) {
+	for _, structured := range []bool{false, true} {
+		enc := Encoder{Pipeline: "shop-sync", Structured: structured}
+		for _, c := range corpus() {
+			rec := enc.Record("plume.public.products", c)
+			got, err := binding.ToEvent(context.Background(), toSarama(t, rec))
+			if err != nil {
+				t.Fatalf("structured=%v %s: sdk-go cannot read the record: %v", structured, c.ID(), err)
+			}
+			if err := got.Validate(); err != nil {
+				t.Fatalf("structured=%v %s: invalid event: %v", structured, c.ID(), err)
+			}
+			want, err := CloudEvent("shop-sync", c)
+			if err != nil {
+				t.Fatalf("reference event: %v", err)
+			}
+			if got.ID() != want.ID() || got.Source() != want.Source() || got.Type() != want.Type() ||
+				got.Subject() != want.Subject() || !got.Time().Equal(want.Time()) || got.DataContentType() != "application/json" {
+				t.Errorf("structured=%v attributes differ:\n got %v\nwant %v", structured, got, want)
+			}
+			for name, v := range want.Extensions() {
+				if gv, ok := got.Extensions()[name]; !ok || gv != v {
+					t.Errorf("structured=%v extension %s = %v, want %v", structured, name, gv, v)
+				}
+			}
+			// The sarama binding adds kafkatopic, kafkapartition and kafkaoffset
+			// (in binary mode).
+			n := 0
+			for name := range got.Extensions() {
+				if !strings.HasPrefix(name, "kafka") {
+					n++
+				}
+			}
+			if n != len(want.Extensions()) {
+				t.Errorf("structured=%v extensions %v, want %v", structured, got.Extensions(), want.Extensions())
+			}
+			var a, b any
+			if json.Unmarshal(got.Data(), &a) != nil || json.Unmarshal(want.Data(), &b) != nil {
+				t.Fatalf("data is not JSON")
+			}
+			if string(mustJSON(a)) != string(mustJSON(b)) {
+				t.Errorf("data differs:\n got %s\nwant %s", got.Data(), want.Data())
+			}
+			if c.Subject() != "" && string(rec.Key) != c.Subject() {
+				t.Errorf("record key %q, want the partitionkey %q", rec.Key, c.Subject())
+			}
+			// Plume's own decoder must read both modes too.
+			rx, err := Decode(rec)
+			if err != nil || rx.ID != want.ID() || rx.Extensions[ExtPartitionKey] != c.Subject() && c.Subject() != "" {
+				t.Errorf("Decode: %v %+v", err, rx)
+			}
+		}
+	}
+}
+
+func TestExtensionNamesFollowTheSpec(t *testing.T) {
+	for _, c := range corpus() {
+		for _, x := range AttributesOf("p", c).Extensions {
+			if len(x.Name) > 20 || strings.Trim(x.Name, "abcdefghijklmnopqrstuvwxyz0123456789") != "" {
+				t.Errorf("extension name %q is not lowercase alphanumeric <= 20", x.Name)
+			}
+		}
+	}
+}
+
+func TestTombstoneDecodesAsNil(t *testing.T) {
+	rx, err := Decode(Tombstone("t", []byte("id=1")))
+	if rx != nil || err != nil {
+		t.Fatalf("tombstone: %v %v", rx, err)
+	}
+}
+
+func mustJSON(v any) []byte { b, _ := json.Marshal(v); return b }
+
+func BenchmarkRecordBinary(b *testing.B) {
+	enc := Encoder{Pipeline: "shop-sync"}
+	c := corpus()[1]
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		enc.Record("plume.public.products", c)
+	}
+}
