@@ -231,13 +231,13 @@ func (d *deliverer) collect(ctx context.Context) (*Batch, []DeadLetter, error) {
 			b.Offsets[TopicPartition{rec.Topic, rec.Partition}] = rec.Offset + 1
 			bytes += len(rec.Value)
 			msgs, err := d.r.Eval(rec)
-			if err != nil {
+			for _, e := range splitErrors(err) {
 				route := ""
 				var re *RouteError
-				if errors.As(err, &re) {
+				if errors.As(e, &re) {
 					route = re.Route
 				}
-				dead = append(dead, DeadLetter{Msg: rawMessage(rec), Route: route, Target: d.cfg.Target, Err: err, Attempts: 1})
+				dead = append(dead, DeadLetter{Msg: rawMessage(rec), Route: route, Target: d.cfg.Target, Err: e, Attempts: 1})
 			}
 			b.Messages = append(b.Messages, msgs...)
 		})
@@ -367,4 +367,15 @@ func excludePatterns(topics []string) []string {
 		out[i] = "^" + regexp.QuoteMeta(t) + "$"
 	}
 	return out
+}
+
+// splitErrors returns the errors joined in err (errors.Join), or err alone.
+func splitErrors(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }

@@ -1,0 +1,383 @@
+package router
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/expr-lang/expr/vm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/plumecdc/plume/pkg/event"
+	"github.com/plumecdc/plume/pkg/target"
+)
+
+// TargetRoutes evaluates the routes of one target. It reuses its expression
+// VM, environment and buffers from record to record, so it is not safe for
+// concurrent use: each goroutine gets its own from Router.ForTarget.
+type TargetRoutes struct {
+	target string
+	routes []*Route
+
+	vm  vm.VM
+	env Env
+
+	// Per-record state, reset by Eval.
+	op        event.Op
+	data      []byte
+	decoded   bool // before/after/row are set
+	keyBuilt  bool
+	unchanged []string
+	results   []result
+	parser    envParser
+}
+
+// result is a matched route and the row it produced, before drop and mask.
+type result struct {
+	route *Route
+	row   map[string]any
+	// owned: row belongs to this result alone (a fresh map literal);
+	// otherwise it is shared (the row image, or a map taken from the event)
+	// and is copied before drop and mask touch it.
+	owned bool
+	image bool // row is the row image
+}
+
+// Target returns the target's name.
+func (t *TargetRoutes) Target() string { return t.target }
+
+// Routes returns the routes that send to the target, in configuration order.
+func (t *TargetRoutes) Routes() []*Route { return append([]*Route(nil), t.routes...) }
+
+// Eval routes one record for the target: it returns one message per route
+// that matched, in route order.
+//
+//   - A tombstone (or any record when no route sends to the target) gives
+//     nil, nil.
+//   - A record that is not a readable Plume CloudEvent gives nil and a
+//     *DecodeError; dead-letter it.
+//   - A route whose `when` or `map` fails at run time gives an *EvalError
+//     for that route (several are joined with errors.Join; see EvalErrors)
+//     alongside the messages of the routes that worked; dead-letter the
+//     record once per EvalError and deliver the messages.
+//
+// The messages' Row maps are their own: no two messages share one, and the
+// router keeps no reference to them. Value and Headers are the record's (not
+// copied, and not masked).
+func (t *TargetRoutes) Eval(rec *kgo.Record) ([]target.Message, error) {
+	if len(t.routes) == 0 {
+		return nil, nil
+	}
+	ev, err := event.Decode(rec)
+	if err != nil {
+		return nil, t.decodeError(rec, err)
+	}
+	if ev == nil {
+		return nil, nil
+	}
+	op, ok := ev.Op()
+	if !ok {
+		return nil, t.decodeError(rec, fmt.Errorf("unknown CloudEvents type %q", ev.Type))
+	}
+	var ts time.Time
+	if ev.Time != "" {
+		if ts, err = time.Parse(time.RFC3339Nano, ev.Time); err != nil {
+			return nil, t.decodeError(rec, fmt.Errorf("CloudEvents time: %w", err))
+		}
+	}
+	t.begin(ev, op, ts)
+	defer t.end()
+
+	var errs []error
+	for _, r := range t.routes {
+		if r.when != nil {
+			if r.whenData {
+				if err := t.decodeData(r.whenKey); err != nil {
+					return nil, t.decodeError(rec, err)
+				}
+			}
+			out, err := t.vm.Run(r.when, &t.env)
+			if err == nil {
+				if _, isBool := out.(bool); !isBool {
+					err = fmt.Errorf("when: got %s, not a bool", typeName(out))
+				}
+			} else {
+				err = fmt.Errorf("when: %w", err)
+			}
+			if err != nil {
+				errs = append(errs, &EvalError{Route: r.Name, Target: t.target, Err: err})
+				continue
+			}
+			if !out.(bool) {
+				continue
+			}
+		}
+		if r.mapping == nil || r.mapData {
+			if err := t.decodeData(r.mapKey); err != nil {
+				return nil, t.decodeError(rec, err)
+			}
+		}
+		res := result{route: r}
+		if r.mapping == nil {
+			res.row, res.image = t.env.Row, true
+		} else {
+			out, err := t.vm.Run(r.mapping, &t.env)
+			if err != nil {
+				errs = append(errs, &EvalError{Route: r.Name, Target: t.target, Err: fmt.Errorf("map: %w", err)})
+				continue
+			}
+			m, isMap := out.(map[string]any)
+			if !isMap || m == nil {
+				errs = append(errs, &EvalError{Route: r.Name, Target: t.target, Err: fmt.Errorf("map: got %s, not a map", typeName(out))})
+				continue
+			}
+			res.row, res.owned = m, r.mapFresh
+		}
+		t.results = append(t.results, res)
+	}
+
+	var msgs []target.Message
+	if len(t.results) > 0 {
+		msgs = t.messages(rec, ev, op, ts)
+	}
+	switch len(errs) {
+	case 0:
+		return msgs, nil
+	case 1:
+		return msgs, errs[0]
+	}
+	return msgs, errors.Join(errs...)
+}
+
+func (t *TargetRoutes) decodeError(rec *kgo.Record, err error) error {
+	return &DecodeError{Target: t.target, Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Err: err}
+}
+
+// begin sets the environment's attribute fields for a record.
+func (t *TargetRoutes) begin(ev *event.Received, op event.Op, ts time.Time) {
+	t.op = op
+	t.data = ev.Data
+	e := &t.env
+	e.Op = op.String()
+	e.Database = ev.Extensions[event.ExtDatabase]
+	e.Schema = ev.Extensions[event.ExtSchema]
+	e.Table = ev.Extensions[event.ExtTable]
+	e.TS = ts
+	e.ID = ev.ID
+	e.Source = ev.Source
+	e.Type = ev.Type
+	e.Subject = ev.Subject
+	e.Position = ev.Extensions[event.ExtPosition]
+	e.TxID = ev.Extensions[event.ExtTxID]
+}
+
+// end drops the record's references so that the evaluator holds no event
+// data between records.
+func (t *TargetRoutes) end() {
+	e := &t.env
+	e.Before, e.After, e.Row, e.Key = nil, nil, nil, nil
+	t.data = nil
+	t.decoded, t.keyBuilt = false, false
+	t.unchanged = nil
+	clear(t.results)
+	t.results = t.results[:0]
+}
+
+// envelope is the part of the Debezium envelope the router reads. The
+// envParser decodes it as encoding/json's Decoder with UseNumber would,
+// followed by convertNumbers.
+type envelope struct {
+	Before    map[string]any `json:"before"`
+	After     map[string]any `json:"after"`
+	Unchanged []string       `json:"unchanged"`
+}
+
+// decodeData decodes the envelope (once per record) into before, after and
+// row, and builds key when needKey is set.
+func (t *TargetRoutes) decodeData(needKey bool) error {
+	if !t.decoded {
+		env, err := t.parser.envelope(t.data)
+		if err != nil {
+			return fmt.Errorf("envelope: %w", err)
+		}
+		e := &t.env
+		e.Before, e.After = env.Before, env.After
+		if t.op == event.OpDelete {
+			e.Row = env.Before
+		} else {
+			e.Row = env.After
+		}
+		t.unchanged = env.Unchanged
+		t.decoded = true
+	}
+	if needKey && !t.keyBuilt {
+		t.env.Key = parseKey(t.env.Subject, t.env.Row)
+		t.keyBuilt = true
+	}
+	return nil
+}
+
+// parseKey builds the key map from a subject "a=1,b=x" (values escaped as in
+// event.Change.Subject). A key column present in the row image takes its
+// typed value from there; otherwise its value is the subject's text.
+func parseKey(subject string, row map[string]any) map[string]any {
+	if subject == "" {
+		return nil
+	}
+	key := make(map[string]any, 2)
+	var val strings.Builder
+	for i := 0; i < len(subject); {
+		eq := strings.IndexByte(subject[i:], '=')
+		if eq < 0 {
+			break // not a rendered key
+		}
+		name := subject[i : i+eq]
+		i += eq + 1
+		val.Reset()
+		for ; i < len(subject); i++ {
+			c := subject[i]
+			if c == '\\' && i+1 < len(subject) {
+				i++
+				val.WriteByte(subject[i])
+				continue
+			}
+			if c == ',' {
+				break
+			}
+			val.WriteByte(c)
+		}
+		i++ // the comma
+		if v, ok := row[name]; ok {
+			key[name] = v
+		} else {
+			key[name] = val.String()
+		}
+	}
+	return key
+}
+
+// changed is the changed() expression function.
+func (t *TargetRoutes) changed(col string) bool {
+	e := &t.env
+	switch t.op {
+	case event.OpUpdate:
+		for _, u := range t.unchanged {
+			if u == col {
+				return false // unchanged TOAST value
+			}
+		}
+		b, inBefore := e.Before[col]
+		a, inAfter := e.After[col]
+		if inBefore && inAfter {
+			return !equalValues(b, a)
+		}
+		// Without a before image (PostgreSQL without REPLICA IDENTITY
+		// FULL) the change cannot be ruled out.
+		return inBefore || inAfter
+	case event.OpCreate, event.OpRead:
+		_, ok := e.After[col]
+		return ok
+	case event.OpDelete:
+		_, ok := e.Before[col]
+		return ok
+	}
+	return false
+}
+
+func equalValues(a, b any) bool {
+	switch a.(type) {
+	case map[string]any, []any:
+		return reflect.DeepEqual(a, b)
+	}
+	switch b.(type) {
+	case map[string]any, []any:
+		return false
+	}
+	return a == b
+}
+
+// messages builds one message per result: it gives each its own row map
+// (copying shared maps before any is modified), then applies drop and mask.
+func (t *TargetRoutes) messages(rec *kgo.Record, ev *event.Received, op event.Op, ts time.Time) []target.Message {
+	var headers []target.Header
+	if len(rec.Headers) > 0 {
+		headers = make([]target.Header, len(rec.Headers))
+		for i, h := range rec.Headers {
+			headers[i] = target.Header{Key: h.Key, Value: h.Value}
+		}
+	}
+	lastImage := -1
+	for i := range t.results {
+		if t.results[i].image {
+			lastImage = i
+		}
+	}
+	msgs := make([]target.Message, len(t.results))
+	for i := range t.results {
+		res := &t.results[i]
+		row := res.row
+		if row != nil && !res.owned && i != lastImage {
+			row = copyMap(row)
+		}
+		msgs[i] = target.Message{
+			Topic:     rec.Topic,
+			Partition: rec.Partition,
+			Offset:    rec.Offset,
+			ID:        ev.ID,
+			Source:    ev.Source,
+			Op:        op,
+			Subject:   ev.Subject,
+			Database:  t.env.Database,
+			Schema:    t.env.Schema,
+			Table:     t.env.Table,
+			Time:      ts,
+			Position:  t.env.Position,
+			Row:       row,
+			Route:     res.route.Name,
+			Value:     rec.Value,
+			Headers:   headers,
+		}
+	}
+	// Every copy is taken; now the rows may be modified.
+	for i := range msgs {
+		applyDropMask(t.results[i].route, msgs[i].Row)
+	}
+	return msgs
+}
+
+func copyMap(m map[string]any) map[string]any {
+	c := make(map[string]any, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+func applyDropMask(r *Route, row map[string]any) {
+	if row == nil {
+		return
+	}
+	for col := range r.drop {
+		delete(row, col)
+	}
+	for _, col := range r.hashCols {
+		if v, ok := row[col]; ok && v != nil {
+			row[col] = Hash(v)
+		}
+	}
+	for _, col := range r.redactCols {
+		if v, ok := row[col]; ok && v != nil {
+			row[col] = Redacted
+		}
+	}
+}
+
+func typeName(v any) string {
+	switch v.(type) {
+	case nil, map[string]any:
+		return "null" // a nil map: a map[string]any that is not nil is a map
+	}
+	return fmt.Sprintf("%T", v)
+}

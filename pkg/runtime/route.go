@@ -1,0 +1,31 @@
+package runtime
+
+import (
+	"errors"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/plumecdc/plume/pkg/router"
+	"github.com/plumecdc/plume/pkg/target"
+)
+
+// routerAdapter presents a target's compiled routes to the delivery layer,
+// turning the router's per-route evaluation errors into target.RouteErrors
+// (one dead letter each).
+type routerAdapter struct{ tr *router.TargetRoutes }
+
+func (a routerAdapter) Eval(rec *kgo.Record) ([]target.Message, error) {
+	msgs, err := a.tr.Eval(rec)
+	if err == nil {
+		return msgs, nil
+	}
+	evs := router.EvalErrors(err)
+	if len(evs) == 0 {
+		return msgs, err // a decode error: the record as a whole
+	}
+	errs := make([]error, len(evs))
+	for i, e := range evs {
+		errs[i] = &target.RouteError{Route: e.Route, Err: e}
+	}
+	return msgs, errors.Join(errs...)
+}
