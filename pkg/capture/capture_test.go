@@ -104,7 +104,12 @@ type memMirror struct {
 }
 
 func (m *memMirror) LoadCapture() ([]byte, error) { m.mu.Lock(); defer m.mu.Unlock(); return m.cp, nil }
-func (m *memMirror) SaveCapture(cp []byte) error  { m.mu.Lock(); defer m.mu.Unlock(); m.cp = cp; return nil }
+func (m *memMirror) SaveCapture(cp []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cp = cp
+	return nil
+}
 
 func testConfig(brokers []string) Config {
 	return Config{
