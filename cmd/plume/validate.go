@@ -9,6 +9,7 @@ import (
 	"github.com/plumecdc/plume/pkg/capture"
 	"github.com/plumecdc/plume/pkg/config"
 	"github.com/plumecdc/plume/pkg/router"
+	"github.com/plumecdc/plume/pkg/runtime"
 	"github.com/plumecdc/plume/pkg/target"
 )
 
@@ -40,6 +41,9 @@ func validate(file string) error {
 		return err
 	}
 	if _, err := router.Compile(cfg.Routes); err != nil {
+		return err
+	}
+	if _, err := runtime.TopicFunc(cfg); err != nil {
 		return err
 	}
 	log := slog.New(slog.DiscardHandler)

@@ -45,6 +45,7 @@ type Pipeline struct {
 	Broker       *kafka.Embedded
 	Client       kafka.ClientConfig
 	Router       *router.Router
+	topic        func(*event.Change) (string, error)
 	CaptureStats capture.Stats
 	TargetStats  map[string]*target.DeliveryStats
 }
@@ -77,7 +78,11 @@ func New(cfg *config.Pipeline, stage Stage, log *slog.Logger) (*Pipeline, error)
 	if err != nil {
 		return nil, err
 	}
-	p := &Pipeline{Cfg: cfg, Log: log, Stage: stage, Router: r, TargetStats: map[string]*target.DeliveryStats{}}
+	topic, err := TopicFunc(cfg)
+	if err != nil {
+		return nil, err
+	}
+	p := &Pipeline{Cfg: cfg, Log: log, Stage: stage, Router: r, topic: topic, TargetStats: map[string]*target.DeliveryStats{}}
 	p.Store, err = offsets.Open(filepath.Join(cfg.StateDir, "offsets"))
 	if err != nil {
 		return nil, err
@@ -237,7 +242,7 @@ func (p *Pipeline) captureConfig() capture.Config {
 		Client:             p.Client,
 		TransactionalID:    p.Cfg.TransactionalID(),
 		CheckpointTopic:    p.Cfg.CheckpointTopic(),
-		Topic:              p.topicFunc(),
+		Topic:              p.topic,
 		Structured:         k.Mode == config.ModeStructured,
 		Tombstones:         k.Tombstones,
 		TopicSpec:          p.topicSpec(),
@@ -248,18 +253,6 @@ func (p *Pipeline) captureConfig() capture.Config {
 		Oversize:           k.Oversize,
 		DLQTopic:           p.Cfg.DLQTopic(),
 		TransactionTimeout: 5 * time.Minute,
-	}
-}
-
-// topicFunc returns the default topic mapping: "<prefix>.<database>.<table>"
-// (the schema in place of the database for PostgreSQL).
-func (p *Pipeline) topicFunc() func(*event.Change) (string, error) {
-	return func(c *event.Change) (string, error) {
-		db := c.Table.Database
-		if c.Table.Schema != "" {
-			db = c.Table.Schema
-		}
-		return p.Cfg.TableTopic(db, c.Table.Name), nil
 	}
 }
 
