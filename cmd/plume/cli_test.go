@@ -83,7 +83,7 @@ func TestValidateAcceptsGoodConfigAndExamples(t *testing.T) {
 func TestValidateRejectsBadInput(t *testing.T) {
 	cases := []struct {
 		name, find, replace string
-		want               []string
+		want                []string
 	}{
 		{"malformed yaml", `  tables: ["public.products"]`, `  tables: ["public.products"`, []string{":5:"}},
 		{"unknown key", "  type: postgres\n", "  type: postgres\n  tabels: [x]\n", []string{":5:", "source.tabels", "unknown key"}},

@@ -1,0 +1,509 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	gomysql "github.com/go-mysql-org/go-mysql/client"
+	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/plumecdc/plume/pkg/event"
+	"github.com/plumecdc/plume/pkg/testharness"
+)
+
+// The chaos test of exactly-once capture (issue: change events and
+// exactly-once capture). For each source type it streams more than 100,000
+// changes (inserts, updates, deletes over three tables, multi-row
+// statements, large transactions) into a real Apache Kafka while `plume run
+// --stage capture` is killed with SIGKILL at random moments, at least once
+// during the initial snapshot. Afterwards a read_committed consumer must see:
+//   - every change exactly once (no duplicate ids, no missing ones);
+//   - every source transaction whole (rows per transaction id);
+//   - per-key order;
+//   - a replayed table state equal to the source tables.
+
+const (
+	chaosTables      = 3
+	chaosInitialRows = 30000 // per table: the snapshot phase
+	chaosMinChanges  = 100000
+	chaosKills       = 5
+)
+
+// chaosDB is a source database under test.
+type chaosDB interface {
+	sourceYAML() string
+	exec(sql string) (affected int64)
+	// txn runs statements in one transaction and returns the transaction
+	// id as Plume renders it (PostgreSQL xid, MariaDB GTID).
+	txn(stmts []string) (txid string, affected int64)
+	// state returns id -> v for a table.
+	state(table string) map[string]string
+	close()
+}
+
+func TestChaosCapturePostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos test")
+	}
+	pg := testharness.Postgres(t)
+	db := pg.NewDatabase(t)
+	conn := pg.Connect(t, db)
+	runChaos(t, "postgres", &pgChaos{conn: conn, dsn: pg.DSN(db)})
+}
+
+func TestChaosCaptureMariaDB(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos test")
+	}
+	my := testharness.MariaDB(t)
+	db := my.NewDatabase(t)
+	runChaos(t, "mysql", &myChaos{conn: my.Connect(t, db), db: db, dsn: my.DSN(db)})
+}
+
+func runChaos(t *testing.T, kind string, src chaosDB) {
+	defer src.close()
+	kafkaSrv := testharness.Kafka(t)
+	brokers := kafkaSrv.Brokers()
+	bin := testharness.BuildPlume(t)
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	t.Logf("seed-independent run at %s", time.Now().Format(time.RFC3339))
+
+	for i := 0; i < chaosTables; i++ {
+		src.exec(fmt.Sprintf(`CREATE TABLE t%d (id bigint PRIMARY KEY, v varchar(64) NOT NULL)`, i))
+		for start := 1; start <= chaosInitialRows; start += 5000 {
+			src.exec(fmt.Sprintf(`INSERT INTO t%d (id, v) %s`, i, seriesSQL(kind, start, start+4999)))
+		}
+	}
+	prefix := "chaos" + strconv.FormatInt(time.Now().UnixNano()%1e9, 36)
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "pipeline.yaml")
+	cfg := fmt.Sprintf(`name: %s
+state_dir: %s
+log: { level: info }
+source:
+%s  snapshot: initial
+  snapshot_chunk_size: 2000
+  heartbeat_interval: 1s
+kafka:
+  brokers: [%q]
+  topic_prefix: %s
+  batch_linger: 20ms
+`, prefix, filepath.Join(dir, "state"), src.sourceYAML(), brokers[0], prefix)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := func() *testharness.Proc {
+		return testharness.StartProcess(t, bin, "run", "-c", cfgPath, "--stage", "capture")
+	}
+
+	// The writer runs while plume is killed and restarted.
+	type txnRec struct {
+		txid string
+		rows int64
+	}
+	var txns []txnRec
+	nextID := int64(chaosInitialRows + 1)
+	changes := int64(0)
+	writerDone := make(chan struct{})
+	stopWriter := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		deadline := time.Now().Add(6 * time.Minute)
+		for n := 0; changes < chaosMinChanges && time.Now().Before(deadline); n++ {
+			select {
+			case <-stopWriter:
+				return
+			default:
+			}
+			var stmts []string
+			tbl := fmt.Sprintf("t%d", rng.IntN(chaosTables))
+			switch k := rng.IntN(10); {
+			case n%400 == 399: // a large transaction
+				stmts = append(stmts, fmt.Sprintf(`INSERT INTO %s (id, v) %s`, tbl, seriesSQL(kind, int(nextID), int(nextID)+4999)))
+				nextID += 5000
+			case k < 4: // multi-row insert
+				m := 1 + rng.IntN(20)
+				vals := make([]string, m)
+				for j := range vals {
+					vals[j] = fmt.Sprintf("(%d, 'i%d')", nextID, n)
+					nextID++
+				}
+				stmts = append(stmts, fmt.Sprintf(`INSERT INTO %s (id, v) VALUES %s`, tbl, strings.Join(vals, ",")))
+			case k < 7: // multi-row update
+				lo := 1 + rng.Int64N(nextID)
+				stmts = append(stmts, fmt.Sprintf(`UPDATE %s SET v = 'u%d' WHERE id BETWEEN %d AND %d`, tbl, n, lo, lo+int64(rng.IntN(40))))
+			case k < 9: // multi-row delete
+				lo := 1 + rng.Int64N(nextID)
+				stmts = append(stmts, fmt.Sprintf(`DELETE FROM %s WHERE id BETWEEN %d AND %d`, tbl, lo, lo+int64(rng.IntN(8))))
+			default: // a transaction over several tables
+				for j := 0; j < chaosTables; j++ {
+					stmts = append(stmts, fmt.Sprintf(`INSERT INTO t%d (id, v) VALUES (%d, 'm%d')`, j, nextID, n))
+					stmts = append(stmts, fmt.Sprintf(`UPDATE t%d SET v = 'm%d' WHERE id = %d`, j, n, 1+rng.Int64N(nextID)))
+				}
+				nextID++
+			}
+			txid, affected := src.txn(stmts)
+			if affected > 0 {
+				txns = append(txns, txnRec{txid, affected})
+				changes += affected
+			}
+		}
+	}()
+
+	// Kill plume at random moments; the first kill lands in the snapshot.
+	proc := start()
+	time.Sleep(time.Duration(300+rng.IntN(700)) * time.Millisecond)
+	snapshotKill := !strings.Contains(proc.Output(), "snapshot complete")
+	for k := 0; k < chaosKills; k++ {
+		if proc.Exited() {
+			t.Fatalf("plume exited by itself:\n%s", tail(proc.Output(), 30))
+		}
+		if err := proc.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = proc.Wait()
+		proc = start()
+		time.Sleep(time.Duration(1000+rng.IntN(4000)) * time.Millisecond)
+	}
+	t.Logf("first kill during the snapshot: %v (by log)", snapshotKill)
+	select {
+	case <-writerDone:
+	case <-time.After(8 * time.Minute):
+		close(stopWriter)
+		<-writerDone
+	}
+	if changes < chaosMinChanges {
+		t.Fatalf("writer made only %d changes", changes)
+	}
+	t.Logf("writer: %d changes in %d transactions", changes, len(txns))
+
+	// Wait until every change is in Kafka, then stop plume cleanly.
+	expected := int64(chaosTables*chaosInitialRows) + changes
+	topics := make([]string, chaosTables)
+	for i := range topics {
+		topics[i] = fmt.Sprintf("%s.%s.t%d", prefix, topicDB(kind, src), i)
+	}
+	var got *chaosRead
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		got = readChaos(t, brokers, topics)
+		if int64(len(got.ids)) >= expected || time.Now().After(deadline) {
+			break
+		}
+		if proc.Exited() {
+			t.Fatalf("plume exited:\n%s", tail(proc.Output(), 30))
+		}
+		time.Sleep(2 * time.Second)
+	}
+	if err := proc.Stop(); err != nil {
+		t.Errorf("clean stop: %v", err)
+	}
+
+	// Exactly once.
+	dups := 0
+	for id, n := range got.ids {
+		if n > 1 {
+			dups++
+			if dups < 10 {
+				t.Errorf("change %s is in Kafka %d times", id, n)
+			}
+		}
+	}
+	if int64(len(got.ids)) != expected {
+		t.Errorf("Kafka holds %d distinct changes, want %d", len(got.ids), expected)
+	}
+	if got.reads != int64(chaosTables*chaosInitialRows) {
+		t.Errorf("snapshot rows in Kafka: %d, want %d", got.reads, chaosTables*chaosInitialRows)
+	}
+	// Whole transactions.
+	for _, tx := range txns {
+		if n := got.perTxn[tx.txid]; int64(n) != tx.rows {
+			t.Errorf("transaction %s: %d rows in Kafka, want %d", tx.txid, n, tx.rows)
+		}
+	}
+	// Per-key order.
+	if got.orderViolations > 0 {
+		t.Errorf("per-key order violated %d times", got.orderViolations)
+	}
+	// The replayed state equals the source.
+	for i, topic := range topics {
+		want := src.state(fmt.Sprintf("t%d", i))
+		have := got.state[topic]
+		if diff := diffStates(want, have); diff != "" {
+			t.Errorf("table t%d replayed from %s differs from the source: %s", i, topic, diff)
+		}
+	}
+	t.Logf("verified %d changes (%d snapshot rows), %d transactions, %d kills", len(got.ids), got.reads, len(txns), chaosKills)
+}
+
+func topicDB(kind string, src chaosDB) string {
+	if kind == "postgres" {
+		return "public"
+	}
+	return src.(*myChaos).db
+}
+
+func seriesSQL(kind string, from, to int) string {
+	if kind == "postgres" {
+		return fmt.Sprintf(`SELECT g, 'v'||g FROM generate_series(%d, %d) g`, from, to)
+	}
+	return fmt.Sprintf(`SELECT seq, CONCAT('v', seq) FROM seq_%d_to_%d`, from, to)
+}
+
+type chaosRead struct {
+	ids             map[string]int
+	perTxn          map[string]int
+	reads           int64
+	orderViolations int
+	state           map[string]map[string]string // topic -> id -> v
+}
+
+// readChaos reads the topics from the start with read_committed until
+// nothing more arrives, and replays them.
+func readChaos(t *testing.T, brokers []string, topics []string) *chaosRead {
+	t.Helper()
+	cl := testharness.KafkaClient(t, brokers, kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.ConsumeTopics(topics...), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	r := &chaosRead{ids: map[string]int{}, perTxn: map[string]int{}, state: map[string]map[string]string{}}
+	last := map[string]string{} // topic/key -> last stream position seen
+	deadline := time.Now().Add(3 * time.Minute)
+	for empty := 0; empty < 2 && time.Now().Before(deadline); {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		fs := cl.PollFetches(ctx)
+		cancel()
+		if fs.NumRecords() == 0 {
+			empty++
+			continue
+		}
+		empty = 0
+		fs.EachPartition(func(p kgo.FetchTopicPartition) {
+			for _, rec := range p.Records {
+				rx, err := event.Decode(rec)
+				if err != nil {
+					t.Fatalf("decode %s@%d: %v", rec.Topic, rec.Offset, err)
+				}
+				if rx == nil {
+					continue // tombstone
+				}
+				r.ids[rx.ID]++
+				var env struct {
+					Before, After map[string]any
+					Op            string
+				}
+				if err := json.Unmarshal(rx.Data, &env); err != nil {
+					t.Fatal(err)
+				}
+				if env.Op == "r" {
+					r.reads++
+				} else {
+					r.perTxn[rx.Extensions["txid"]]++
+					kk := rec.Topic + "/" + string(rec.Key)
+					pos := rx.ID
+					if prev, ok := last[kk]; ok && !positionLess(prev, pos) {
+						r.orderViolations++
+					}
+					last[kk] = pos
+				}
+				st := r.state[rec.Topic]
+				if st == nil {
+					st = map[string]string{}
+					r.state[rec.Topic] = st
+				}
+				switch env.Op {
+				case "c", "u", "r":
+					st[fmt.Sprint(env.After["id"])] = fmt.Sprint(env.After["v"])
+				case "d":
+					delete(st, fmt.Sprint(env.Before["id"]))
+				}
+			}
+		})
+	}
+	return r
+}
+
+// positionLess orders stream change ids: "<pos>/<index>", where pos is
+// "lsn:X/Y" (PostgreSQL) or "gtid:D-S-N" (MariaDB).
+func positionLess(a, b string) bool {
+	pa, ia := splitID(a)
+	pb, ib := splitID(b)
+	if pa != pb {
+		return pa < pb
+	}
+	return ia < ib
+}
+
+func splitID(id string) (pos uint64, idx int64) {
+	i := strings.LastIndexByte(id, '/')
+	idx, _ = strconv.ParseInt(id[i+1:], 10, 64)
+	p := id[:i]
+	switch {
+	case strings.HasPrefix(p, "lsn:"):
+		hi, lo, _ := strings.Cut(strings.TrimPrefix(p, "lsn:"), "/")
+		h, _ := strconv.ParseUint(hi, 16, 32)
+		l, _ := strconv.ParseUint(lo, 16, 32)
+		pos = h<<32 | l
+	case strings.HasPrefix(p, "gtid:"):
+		parts := strings.Split(strings.TrimPrefix(p, "gtid:"), "-")
+		pos, _ = strconv.ParseUint(parts[len(parts)-1], 10, 64)
+	}
+	return pos, idx
+}
+
+func diffStates(want, have map[string]string) string {
+	var missing, extra, wrong []string
+	for k, v := range want {
+		h, ok := have[k]
+		switch {
+		case !ok:
+			missing = append(missing, k)
+		case h != v:
+			wrong = append(wrong, fmt.Sprintf("%s: %q != %q", k, h, v))
+		}
+	}
+	for k := range have {
+		if _, ok := want[k]; !ok {
+			extra = append(extra, k)
+		}
+	}
+	if len(missing)+len(extra)+len(wrong) == 0 {
+		return ""
+	}
+	sort.Strings(missing)
+	sort.Strings(extra)
+	sort.Strings(wrong)
+	return fmt.Sprintf("%d missing %v, %d extra %v, %d wrong %v", len(missing), head(missing), len(extra), head(extra), len(wrong), head(wrong))
+}
+
+func head(s []string) []string {
+	if len(s) > 5 {
+		return s[:5]
+	}
+	return s
+}
+
+// PostgreSQL.
+
+type pgChaos struct {
+	conn *pgx.Conn
+	dsn  string
+}
+
+func (p *pgChaos) sourceYAML() string {
+	return fmt.Sprintf("  type: postgres\n  dsn: %q\n  tables: [\"public.t*\"]\n", p.dsn)
+}
+
+func (p *pgChaos) exec(sql string) int64 {
+	tag, err := p.conn.Exec(context.Background(), sql)
+	if err != nil {
+		panic(fmt.Sprintf("%s: %v", sql, err))
+	}
+	return tag.RowsAffected()
+}
+
+func (p *pgChaos) txn(stmts []string) (string, int64) {
+	ctx := context.Background()
+	tx, err := p.conn.Begin(ctx)
+	if err != nil {
+		panic(err)
+	}
+	var xid int64
+	if err := tx.QueryRow(ctx, `SELECT pg_current_xact_id()::text::bigint % 4294967296`).Scan(&xid); err != nil {
+		panic(err)
+	}
+	var n int64
+	for _, s := range stmts {
+		tag, err := tx.Exec(ctx, s)
+		if err != nil {
+			panic(fmt.Sprintf("%s: %v", s, err))
+		}
+		n += tag.RowsAffected()
+	}
+	if err := tx.Commit(ctx); err != nil {
+		panic(err)
+	}
+	return strconv.FormatInt(xid, 10), n
+}
+
+func (p *pgChaos) state(table string) map[string]string {
+	rows, err := p.conn.Query(context.Background(), `SELECT id::text, v FROM `+table)
+	if err != nil {
+		panic(err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var id, v string
+		if err := rows.Scan(&id, &v); err != nil {
+			panic(err)
+		}
+		out[id] = v
+	}
+	return out
+}
+
+func (p *pgChaos) close() { p.conn.Close(context.Background()) }
+
+// MariaDB.
+
+type myChaos struct {
+	conn *gomysql.Conn
+	db   string
+	dsn  string
+}
+
+func (m *myChaos) sourceYAML() string {
+	return fmt.Sprintf("  type: mysql\n  dsn: %q\n  tables: [\"%s.t*\"]\n", m.dsn, m.db)
+}
+
+func (m *myChaos) exec(sql string) int64 {
+	r, err := m.conn.Execute(sql)
+	if err != nil {
+		panic(fmt.Sprintf("%s: %v", sql, err))
+	}
+	defer r.Close()
+	return int64(r.AffectedRows)
+}
+
+func (m *myChaos) txn(stmts []string) (string, int64) {
+	m.exec("BEGIN")
+	var n int64
+	for _, s := range stmts {
+		n += m.exec(s)
+	}
+	m.exec("COMMIT")
+	r, err := m.conn.Execute("SELECT @@last_gtid")
+	if err != nil {
+		panic(err)
+	}
+	defer r.Close()
+	gtid, _ := r.GetString(0, 0)
+	return gtid, n
+}
+
+func (m *myChaos) state(table string) map[string]string {
+	r, err := m.conn.Execute(`SELECT CAST(id AS CHAR), v FROM ` + table)
+	if err != nil {
+		panic(err)
+	}
+	defer r.Close()
+	out := map[string]string{}
+	for i := 0; i < r.RowNumber(); i++ {
+		id, _ := r.GetString(i, 0)
+		v, _ := r.GetString(i, 1)
+		out[id] = v
+	}
+	return out
+}
+
+func (m *myChaos) close() { m.conn.Close() }
