@@ -117,8 +117,10 @@ kafka:
 	changes := int64(0)
 	writerDone := make(chan struct{})
 	stopWriter := make(chan struct{})
+	writerRng := rand.New(rand.NewPCG(rng.Uint64(), 11))
 	go func() {
 		defer close(writerDone)
+		rng := writerRng // the writer's own
 		deadline := time.Now().Add(6 * time.Minute)
 		for n := 0; changes < chaosMinChanges && time.Now().Before(deadline); n++ {
 			select {
