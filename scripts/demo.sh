@@ -41,6 +41,8 @@ psql() { command psql -X -q -h 127.0.0.1 -p "$PLUME_DEMO_PG_PORT" -U postgres "$
 psql -c "CREATE DATABASE shop" -c "CREATE DATABASE erp"
 psql -d shop <<'SQL'
 CREATE TABLE products (id serial PRIMARY KEY, sku text UNIQUE NOT NULL, name text NOT NULL, price numeric(10,2) NOT NULL);
+-- The ERP is keyed by sku: deletes must carry the whole old row.
+ALTER TABLE products REPLICA IDENTITY FULL;
 INSERT INTO products (sku, name, price) VALUES
   ('TEA-001', 'Green tea, 100 g', 4.90), ('TEA-002', 'Black tea, 100 g', 4.50),
   ('MUG-001', 'Stoneware mug', 12.00), ('POT-001', 'Cast-iron teapot', 39.00);

@@ -166,7 +166,7 @@ kafka:
 	// Kill plume at random moments; the first kill lands in the snapshot.
 	proc := start()
 	time.Sleep(time.Duration(300+rng.IntN(700)) * time.Millisecond)
-	snapshotKill := !strings.Contains(proc.Output(), "snapshot complete")
+	snapshotKill := !strings.Contains(proc.Output(), "snapshot done")
 	for k := 0; k < chaosKills; k++ {
 		if proc.Exited() {
 			t.Fatalf("plume exited by itself:\n%s", tail(proc.Output(), 30))

@@ -91,7 +91,7 @@ func TestValidateRejectsBadInput(t *testing.T) {
 		{"when is not a bool", `when: 'table == "products" && op == "update"'`, `when: 'table + "x"'`, []string{":9:", "routes[0].when", "bool"}},
 		{"unknown env field", `when: 'table == "products" && op == "update"'`, `when: 'tabel == "products"'`, []string{":9:", "routes[0].when", "tabel"}},
 		{"route to a missing target", `to: [erp]`, `to: [crm]`, []string{":10:", "routes[0].to[0]", `"crm"`}},
-		{"map is not a map", `map: '{"sku": row.sku, "price": row.price}'`, `map: 'row.sku'`, []string{":11:", "routes[0].map"}},
+		{"map is not a map", `map: '{"sku": row.sku, "price": row.price}'`, `map: '"not a map"'`, []string{":11:", "routes[0].map"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

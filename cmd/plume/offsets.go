@@ -10,11 +10,14 @@ import (
 )
 
 func cmdOffsets(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || (args[0] != "list" && args[0] != "reset" && args[0] != "-h" && args[0] != "--help") {
-		fmt.Fprintln(stderr, "Usage: plume offsets list -c FILE\n       plume offsets reset -c FILE --target NAME | --capture")
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			return 0
-		}
+	const usageText = "Usage: plume offsets list -c FILE\n       plume offsets reset -c FILE --target NAME | --capture\n\n" +
+		"List or reset the checkpoints in a pipeline's offset store (state_dir)."
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+		fmt.Fprintln(stdout, usageText)
+		return 0
+	}
+	if len(args) == 0 || (args[0] != "list" && args[0] != "reset") {
+		fmt.Fprintln(stderr, usageText)
 		return 2
 	}
 	sub := args[0]

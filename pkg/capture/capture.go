@@ -157,7 +157,7 @@ func Run(ctx context.Context, cfg Config, src Source, mirror Mirror, stats *Stat
 		topics: map[string]bool{}}
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	p.cancel = cancel
+	p.cancel, p.runCtx = cancel, runCtx
 	lingerDone := make(chan struct{})
 	go func() { defer close(lingerDone); p.lingerLoop(runCtx) }()
 

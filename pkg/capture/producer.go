@@ -41,6 +41,11 @@ type producer struct {
 	stats  *Stats
 	log    *slog.Logger
 	cancel context.CancelCauseFunc
+	// runCtx is capture's own context. Records are produced with it, not
+	// with the context a source passes to Emit: a record stays buffered
+	// until the transaction's flush, and a source's per-call or per-worker
+	// context may end before that.
+	runCtx context.Context
 
 	enc    event.Encoder
 	topics map[string]bool // topics known to exist
@@ -88,10 +93,10 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 			return p.fail(err)
 		}
 	}
-	p.produce(ctx, rec)
+	p.produce(rec)
 	p.txnEvents++
 	if c.Op == event.OpDelete && p.cfg.Tombstones && rec.Key != nil && rec.Topic == topic {
-		p.produce(ctx, event.Tombstone(topic, rec.Key))
+		p.produce(event.Tombstone(topic, rec.Key))
 	}
 	if err := p.produceError(); err != nil {
 		return p.fail(classify(err))
@@ -154,8 +159,8 @@ func (p *producer) beginLocked() error {
 // commitLocked writes the checkpoint record, flushes, commits, then acks.
 func (p *producer) commitLocked(ctx context.Context) error {
 	cp := p.pending
-	p.produce(ctx, &kgo.Record{Topic: p.cfg.CheckpointTopic, Partition: 0, Key: checkpointKey, Value: cp})
-	if err := p.cl.Flush(ctx); err != nil {
+	p.produce(&kgo.Record{Topic: p.cfg.CheckpointTopic, Partition: 0, Key: checkpointKey, Value: cp})
+	if err := p.cl.Flush(p.runCtx); err != nil {
 		p.abortLocked()
 		return classify(fmt.Errorf("flush: %w", err))
 	}
@@ -198,8 +203,8 @@ func (p *producer) abortLocked() {
 	}
 }
 
-func (p *producer) produce(ctx context.Context, r *kgo.Record) {
-	p.cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
+func (p *producer) produce(r *kgo.Record) {
+	p.cl.Produce(p.runCtx, r, func(_ *kgo.Record, err error) {
 		if err != nil {
 			p.produceErrMu.Lock()
 			if p.produceErr == nil {

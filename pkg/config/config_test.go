@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -359,5 +360,42 @@ func TestDurationText(t *testing.T) {
 	}
 	if err := d.UnmarshalText([]byte("10")); err == nil {
 		t.Error("10 without unit accepted")
+	}
+}
+
+func TestAliasBombs(t *testing.T) {
+	// Each level refers to the previous one ten times: 10^9 expansions if
+	// followed naively.
+	var merge, list strings.Builder
+	merge.WriteString("x0: &m0 {a: 1}\n")
+	list.WriteString("x0: &l0 [a, b, c, d, e, f, g, h, i, j]\n")
+	for i := 1; i <= 9; i++ {
+		fmt.Fprintf(&merge, "x%d: &m%d {<<: [%s]}\n", i, i, strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*m%d, ", i-1), 10), ", "))
+		fmt.Fprintf(&list, "x%d: &l%d [%s]\n", i, i, strings.TrimSuffix(strings.Repeat(fmt.Sprintf("*l%d, ", i-1), 10), ", "))
+	}
+	cases := map[string]string{
+		"merge in struct": merge.String() + "log: *m9\n",
+		"merge in target": merge.String() + "targets: { t: { type: x, <<: *m9 } }\n",
+		"list of lists":   list.String() + base + "  keys: { shop.products: *l9 }\n",
+		"routes":          list.String() + "routes: *l9\n",
+	}
+	for name, src := range cases {
+		t.Run(name, func(t *testing.T) {
+			start := time.Now()
+			p, err := Parse("p.yaml", []byte(src))
+			if err == nil {
+				var m map[string]any
+				err = p.Targets["t"].Decode(&m)
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("took %v", d)
+			}
+			if n := len(Errors(err)); n == 0 || n > maxErrors {
+				t.Errorf("%d errors: %v", n, err)
+			}
+		})
 	}
 }

@@ -22,9 +22,9 @@ import (
 // (Duration, Target, Pos).
 
 const (
-	maxErrors     = 50        // stop collecting after this many errors
-	maxDepth      = 100       // nesting limit (aliases can make cycles)
-	maxNodeVisits = 1_000_000 // alias expansion budget
+	maxErrors     = 50      // stop collecting after this many errors
+	maxDepth      = 100     // nesting limit (aliases can make cycles)
+	maxNodeVisits = 100_000 // alias expansion budget
 )
 
 var (
@@ -38,14 +38,15 @@ var (
 )
 
 type decoder struct {
-	file   string
-	lines  []string // source lines, for expression positions in block scalars; may be nil
-	errs   []*Error
-	meta   *meta               // where to record key positions; nil: don't
-	env    map[*yaml.Node]bool // scalars whose value came from interpolation
-	bad    map[*yaml.Node]bool // scalars whose interpolation failed (already reported)
-	depth  int
-	visits int
+	file       string
+	lines      []string // source lines, for expression positions in block scalars; may be nil
+	errs       []*Error
+	meta       *meta               // where to record key positions; nil: don't
+	env        map[*yaml.Node]bool // scalars whose value came from interpolation
+	bad        map[*yaml.Node]bool // scalars whose interpolation failed (already reported)
+	depth      int
+	visits     int  // decoded nodes, a budget against alias bombs
+	tooComplex bool // the budget was exceeded (reported once)
 }
 
 func (d *decoder) full() bool { return len(d.errs) >= maxErrors }
@@ -80,7 +81,7 @@ func (d *decoder) exprPos(n *yaml.Node) Pos {
 	case n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0:
 		// Content starts on the next non-blank line, at its indentation.
 		for l := n.Line; l < len(d.lines); l++ { // d.lines[l] is line l+1
-			s := d.lines[l]
+			s := strings.TrimRight(d.lines[l], "\r")
 			if t := strings.TrimLeft(s, " "); t != "" {
 				p.Line, p.Column = l+1, len(s)-len(t)+1
 				break
@@ -178,7 +179,8 @@ func (d *decoder) decodeValue(n *yaml.Node, v reflect.Value, path string) {
 	}
 	d.visits++
 	if d.visits > maxNodeVisits {
-		if d.visits == maxNodeVisits+1 {
+		if !d.tooComplex {
+			d.tooComplex = true
 			d.errorf(n, path, "document too complex (excessive aliasing)")
 		}
 		return
@@ -358,6 +360,14 @@ func isMergeKey(k *yaml.Node) bool {
 // (<<: *anchor) expanded: the mapping's own keys come first, then merged
 // keys it does not define itself (earlier merge sources win).
 func (d *decoder) pairs(n *yaml.Node, path string, depth int) []pair {
+	d.visits += len(n.Content) / 2
+	if d.visits > maxNodeVisits {
+		if !d.tooComplex {
+			d.tooComplex = true
+			d.errorf(n, path, "document too complex (excessive aliasing)")
+		}
+		return nil
+	}
 	var own, merged []pair
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
@@ -567,7 +577,7 @@ func (d *decoder) decodeTarget(n *yaml.Node, v reflect.Value, name, path string,
 		d.errorf(n, path, "expected a mapping with a type, got %s", describe(n))
 		return
 	}
-	t := Target{Name: name, Pos: d.pos(key), path: path, node: n}
+	t := Target{Name: name, Pos: d.pos(key), path: path, node: n, lines: d.lines}
 	for _, p := range d.pairs(n, path, 0) {
 		if k, ok := d.keyName(p.key, path); ok && k == "type" {
 			tp := joinKey(path, "type")

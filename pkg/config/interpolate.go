@@ -9,7 +9,7 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// lookupEnv is os.LookupEnv; tests may replace it.
+// lookupEnv looks up environment variables.
 var lookupEnv = os.LookupEnv
 
 // interpolate expands ${VAR}, ${VAR:-default} and $$ in every scalar value
@@ -18,7 +18,11 @@ var lookupEnv = os.LookupEnv
 // defined. A plain (unquoted, untagged) scalar that changed is re-typed as if
 // its new text had been written in the file.
 func (d *decoder) interpolate(n *yaml.Node, path string, depth int) {
-	if n == nil || depth > maxDepth || d.full() {
+	if n == nil || d.full() {
+		return
+	}
+	if depth > maxDepth {
+		d.errorf(n, path, "nesting too deep")
 		return
 	}
 	switch n.Kind {

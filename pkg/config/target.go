@@ -23,8 +23,9 @@ type Target struct {
 	// Pos is the position of the target's key.
 	Pos Pos
 
-	path string     // key path, "targets.<name>"
-	node *yaml.Node // the target's mapping, env-interpolated
+	path  string     // key path, "targets.<name>"
+	node  *yaml.Node // the target's mapping, env-interpolated
+	lines []string   // the file's lines, for expression positions
 }
 
 // Decode decodes the target's keys, except type, into the connector's own
@@ -49,7 +50,7 @@ func (t Target) Decode(into any) error {
 	if t.node == nil {
 		return nil // not from a file: nothing to decode
 	}
-	d := &decoder{file: t.Pos.File}
+	d := &decoder{file: t.Pos.File, lines: t.lines}
 	path := t.path
 	if path == "" {
 		path = joinKey("targets", t.Name)

@@ -235,3 +235,23 @@ func TestTargetPrinting(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestTargetExpressionPos(t *testing.T) {
+	src := base + "targets:\r\n  sf:\r\n    type: salesforce\r\n    mapping: |\r\n\r\n      {\"Name\": after.name}\r\n    filter: 'op == \"insert\"'\r\n"
+	p := mustParse(t, src)
+	var o struct {
+		Mapping    string `yaml:"mapping"`
+		Filter     string `yaml:"filter"`
+		MappingPos Pos    `pos:"mapping"`
+		FilterPos  Pos    `pos:"filter"`
+	}
+	if err := p.Targets["sf"].Decode(&o); err != nil {
+		t.Fatal(err)
+	}
+	if o.MappingPos != (Pos{"p.yaml", 12, 7}) || o.FilterPos != (Pos{"p.yaml", 13, 14}) {
+		t.Errorf("positions %v %v", o.MappingPos, o.FilterPos)
+	}
+	if o.Mapping != "\n{\"Name\": after.name}\n" {
+		t.Errorf("mapping %q", o.Mapping)
+	}
+}

@@ -63,6 +63,7 @@ func Open(dir string) (*Store, error) {
 		// Offsets are tiny: keep Badger's memory small (its defaults assume
 		// a database, with a 256 MB block cache and 64 MB memtables).
 		WithMemTableSize(4 << 20).
+		WithValueThreshold(64 << 10).
 		WithNumMemtables(2).
 		WithBlockCacheSize(1 << 20).
 		WithIndexCacheSize(1 << 20).

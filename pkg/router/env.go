@@ -49,10 +49,32 @@ type Env struct {
 	Changed func(col string) bool `expr:"changed"`
 }
 
-// dataNames are the env names whose values come from the envelope (the
-// event data); an expression that uses none of them is evaluated without
-// decoding it.
-var dataNames = map[string]bool{"before": true, "after": true, "row": true, "key": true, "changed": true, "$env": true}
+// needs says which parts of the event data (the envelope) an expression
+// reads. Eval decodes only those, and nothing for an expression that reads
+// attributes alone.
+type needs uint8
+
+const (
+	needBefore needs = 1 << iota
+	needAfter
+	needUnchanged
+	needRow // after, or before for a delete
+	needKey // key (built from the subject and the row image)
+
+	needImages = needBefore | needAfter | needUnchanged
+	needAll    = needImages | needRow | needKey
+)
+
+// dataNames maps the env names whose values come from the envelope to what
+// they need.
+var dataNames = map[string]needs{
+	"before":  needBefore,
+	"after":   needAfter,
+	"row":     needRow,
+	"key":     needKey | needRow,
+	"changed": needBefore | needAfter | needUnchanged,
+	"$env":    needAll,
+}
 
 // Redacted is what mask "redact" and redact() put in place of a value.
 const Redacted = "[redacted]"
@@ -246,15 +268,19 @@ func convertNumber(n json.Number) any {
 		}
 	}
 	if integer {
-		if i, err := strconv.ParseInt(s, 10, 64); err == nil {
+		if i, ok := parseInt64(s); ok {
 			return i
 		}
+	}
+	digits := significantDigits(s)
+	if digits > 17 {
+		return n // float64's shortest form never has more than 17 digits
 	}
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || math.IsInf(f, 0) {
 		return n
 	}
-	if significantDigits(s) <= 15 {
+	if digits <= 15 {
 		return f
 	}
 	var buf [32]byte
@@ -262,6 +288,34 @@ func convertNumber(n json.Number) any {
 		return f
 	}
 	return n
+}
+
+// parseInt64 parses a JSON integer (optional '-', digits), reporting
+// whether it fits int64. Unlike strconv.ParseInt it does not allocate an
+// error for the integers that do not fit.
+func parseInt64(s string) (int64, bool) {
+	neg := len(s) > 0 && s[0] == '-'
+	if neg {
+		s = s[1:]
+	}
+	if len(s) == 0 || len(s) > 19 {
+		return 0, false
+	}
+	var u uint64
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		u = u*10 + uint64(c-'0') // 19 digits fit uint64
+	}
+	switch {
+	case !neg && u <= math.MaxInt64:
+		return int64(u), true
+	case neg && u <= 1<<63:
+		return int64(-u), true
+	}
+	return 0, false
 }
 
 // significantDigits counts the mantissa digits of a JSON number without

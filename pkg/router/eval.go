@@ -27,8 +27,7 @@ type TargetRoutes struct {
 	// Per-record state, reset by Eval.
 	op        event.Op
 	data      []byte
-	decoded   bool // before/after/row are set
-	keyBuilt  bool
+	have      needs // the parts of the event data decoded so far
 	unchanged []string
 	results   []result
 	parser    envParser
@@ -93,8 +92,8 @@ func (t *TargetRoutes) Eval(rec *kgo.Record) ([]target.Message, error) {
 	var errs []error
 	for _, r := range t.routes {
 		if r.when != nil {
-			if r.whenData {
-				if err := t.decodeData(r.whenKey); err != nil {
+			if r.whenNeeds != 0 {
+				if err := t.decodeData(r.whenNeeds); err != nil {
 					return nil, t.decodeError(rec, err)
 				}
 			}
@@ -114,8 +113,11 @@ func (t *TargetRoutes) Eval(rec *kgo.Record) ([]target.Message, error) {
 				continue
 			}
 		}
-		if r.mapping == nil || r.mapData {
-			if err := t.decodeData(r.mapKey); err != nil {
+		if n := r.mapNeeds; r.mapping == nil || n != 0 {
+			if r.mapping == nil {
+				n = needRow
+			}
+			if err := t.decodeData(n); err != nil {
 				return nil, t.decodeError(rec, err)
 			}
 		}
@@ -179,7 +181,7 @@ func (t *TargetRoutes) end() {
 	e := &t.env
 	e.Before, e.After, e.Row, e.Key = nil, nil, nil, nil
 	t.data = nil
-	t.decoded, t.keyBuilt = false, false
+	t.have = 0
 	t.unchanged = nil
 	clear(t.results)
 	t.results = t.results[:0]
@@ -194,27 +196,43 @@ type envelope struct {
 	Unchanged []string       `json:"unchanged"`
 }
 
-// decodeData decodes the envelope (once per record) into before, after and
-// row, and builds key when needKey is set.
-func (t *TargetRoutes) decodeData(needKey bool) error {
-	if !t.decoded {
-		env, err := t.parser.envelope(t.data)
+// decodeData makes the parts of the event data in n available in the
+// environment, decoding from the envelope those not decoded yet for this
+// record. Usually the envelope is parsed once per record; it is parsed again
+// only for an image that an earlier route did not need.
+func (t *TargetRoutes) decodeData(n needs) error {
+	if n&needRow != 0 {
+		if t.op == event.OpDelete {
+			n |= needBefore
+		} else {
+			n |= needAfter
+		}
+	}
+	e := &t.env
+	if missing := n &^ t.have & needImages; missing != 0 {
+		env, err := t.parser.envelope(t.data, missing)
 		if err != nil {
 			return fmt.Errorf("envelope: %w", err)
 		}
-		e := &t.env
-		e.Before, e.After = env.Before, env.After
-		if t.op == event.OpDelete {
-			e.Row = env.Before
-		} else {
-			e.Row = env.After
+		if missing&needBefore != 0 {
+			e.Before = env.Before
 		}
-		t.unchanged = env.Unchanged
-		t.decoded = true
+		if missing&needAfter != 0 {
+			e.After = env.After
+		}
+		if missing&needUnchanged != 0 {
+			t.unchanged = env.Unchanged
+		}
+		t.have |= missing
+		if t.op == event.OpDelete {
+			e.Row = e.Before
+		} else {
+			e.Row = e.After
+		}
 	}
-	if needKey && !t.keyBuilt {
-		t.env.Key = parseKey(t.env.Subject, t.env.Row)
-		t.keyBuilt = true
+	if n&needKey != 0 && t.have&needKey == 0 {
+		e.Key = parseKey(e.Subject, e.Row)
+		t.have |= needKey
 	}
 	return nil
 }
@@ -308,10 +326,17 @@ func (t *TargetRoutes) messages(rec *kgo.Record, ev *event.Received, op event.Op
 			headers[i] = target.Header{Key: h.Key, Value: h.Value}
 		}
 	}
+	// The last message that takes the row image takes the map itself,
+	// unless a map expression that read the data may have nested it in its
+	// result ({"full": row}), where that message's drop or mask would show.
 	lastImage := -1
 	for i := range t.results {
-		if t.results[i].image {
+		res := &t.results[i]
+		if res.image {
 			lastImage = i
+		} else if res.route.mapNeeds != 0 {
+			lastImage = -1
+			break
 		}
 	}
 	msgs := make([]target.Message, len(t.results))

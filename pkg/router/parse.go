@@ -25,6 +25,7 @@ type envParser struct {
 	depth  int
 	buf    []byte            // unescaping scratch
 	intern map[string]string // object keys seen before (column names)
+	hint   int               // the size of the last row image, to size the next
 }
 
 const (
@@ -42,8 +43,9 @@ func (e *syntaxError) Error() string { return fmt.Sprintf("%s at offset %d", e.m
 
 func (p *envParser) fail(msg string) error { return &syntaxError{msg: msg, off: p.pos} }
 
-// envelope parses data, a JSON object.
-func (p *envParser) envelope(data []byte) (env envelope, err error) {
+// envelope parses data, a JSON object, decoding the parts in want
+// (needBefore, needAfter, needUnchanged) and checking the syntax of the rest.
+func (p *envParser) envelope(data []byte, want needs) (env envelope, err error) {
 	p.data, p.pos, p.depth = data, 0, 1 // the envelope counts, as in encoding/json
 	defer func() { p.data = nil }()
 	p.ws()
@@ -68,6 +70,12 @@ func (p *envParser) envelope(data []byte) (env envelope, err error) {
 			return env, p.fail("expected ':'")
 		}
 		p.ws()
+		switch {
+		case key == "before" && want&needBefore == 0,
+			key == "after" && want&needAfter == 0,
+			key == "unchanged" && want&needUnchanged == 0:
+			key = ""
+		}
 		switch key {
 		case "before", "after":
 			var m map[string]any
@@ -83,9 +91,13 @@ func (p *envParser) envelope(data []byte) (env envelope, err error) {
 				if key == "after" {
 					into = env.After
 				}
+				if into == nil {
+					into = make(map[string]any, p.hint)
+				}
 				if m, err = p.object(into); err != nil {
 					return env, err
 				}
+				p.hint = len(m)
 			default:
 				return env, p.fail("envelope " + key + " is neither an object nor null")
 			}
@@ -188,7 +200,7 @@ func (p *envParser) object(m map[string]any) (map[string]any, error) {
 	}
 	defer func() { p.depth-- }()
 	if m == nil {
-		m = make(map[string]any, 8)
+		m = map[string]any{}
 	}
 	p.ws()
 	if p.consume('}') {

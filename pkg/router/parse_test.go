@@ -35,7 +35,7 @@ func referenceEnvelope(data []byte) (envelope, error) {
 func checkParser(t *testing.T, p *envParser, data []byte) {
 	t.Helper()
 	want, werr := referenceEnvelope(data)
-	got, gerr := p.envelope(data)
+	got, gerr := p.envelope(data, needImages)
 	if (werr != nil) != (gerr != nil) {
 		t.Fatalf("%q:\nparser error %v\nencoding/json error %v", data, gerr, werr)
 	}
@@ -82,6 +82,24 @@ func parserCorpus() [][]byte {
 		out = append(out, []byte(s))
 	}
 	return out
+}
+
+func TestParserParts(t *testing.T) {
+	var p envParser
+	data := []byte(`{"before":{"a":1},"after":{"b":2},"unchanged":["c"],"source":{}}`)
+	for _, want := range []needs{0, needBefore, needAfter, needUnchanged, needImages} {
+		env, err := p.envelope(data, want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (env.Before != nil) != (want&needBefore != 0) || (env.After != nil) != (want&needAfter != 0) || (env.Unchanged != nil) != (want&needUnchanged != 0) {
+			t.Errorf("want %b: got %+v", want, env)
+		}
+	}
+	// The parts not decoded are still checked.
+	if _, err := p.envelope([]byte(`{"before":{"a":01},"after":{}}`), needAfter); err == nil {
+		t.Error("syntax error in a skipped image not reported")
+	}
 }
 
 func TestParserMatchesEncodingJSON(t *testing.T) {

@@ -45,14 +45,12 @@ type Route struct {
 	// mapFresh: the map program's result is a map literal built anew by each
 	// run, so the message can own it without a copy.
 	mapFresh bool
-	// whenData / mapData: the expression reads the event data (before,
-	// after, row, key, changed), so the envelope must be decoded first.
-	whenData, mapData bool
-	// whenKey / mapKey: the expression reads `key`.
-	whenKey, mapKey bool
-	drop            map[string]bool
-	hashCols        []string
-	redactCols      []string
+	// whenNeeds / mapNeeds: the parts of the event data the expression
+	// reads (before, after, row, key, changed), decoded before it runs.
+	whenNeeds, mapNeeds needs
+	drop                map[string]bool
+	hashCols            []string
+	redactCols          []string
 }
 
 // Compile compiles routes. Errors are *config.Error values (a
@@ -120,7 +118,7 @@ func compileRoute(c *config.Route) (*Route, []*config.Error) {
 			add(c.WhenPos.Errorf(c.Key("when"), "%w", err))
 		} else {
 			r.when = p
-			r.whenData, r.whenKey = usesData(p.Node())
+			r.whenNeeds = usesData(p.Node())
 		}
 	}
 	if c.Map != "" {
@@ -135,7 +133,7 @@ func compileRoute(c *config.Route) (*Route, []*config.Error) {
 		} else {
 			r.mapping = p
 			_, r.mapFresh = p.Node().(*ast.MapNode)
-			r.mapData, r.mapKey = usesData(p.Node())
+			r.mapNeeds = usesData(p.Node())
 		}
 	}
 	if len(c.Drop) > 0 {
@@ -167,22 +165,20 @@ func compileRoute(c *config.Route) (*Route, []*config.Error) {
 	return r, nil
 }
 
-// usesData reports whether an expression reads the event data, and whether
-// it reads `key` in particular.
-func usesData(n ast.Node) (data, key bool) {
+// usesData returns the parts of the event data an expression reads. It
+// looks at names only, so a variable named like an env field (let row = 1)
+// errs on the side of decoding.
+func usesData(n ast.Node) needs {
 	v := &dataVisitor{}
 	ast.Walk(&n, v)
-	return v.data, v.key
+	return v.needs
 }
 
-type dataVisitor struct{ data, key bool }
+type dataVisitor struct{ needs needs }
 
 func (v *dataVisitor) Visit(n *ast.Node) {
-	if id, ok := (*n).(*ast.IdentifierNode); ok && dataNames[id.Value] {
-		v.data = true
-		if id.Value == "key" || id.Value == "$env" {
-			v.key = true
-		}
+	if id, ok := (*n).(*ast.IdentifierNode); ok {
+		v.needs |= dataNames[id.Value]
 	}
 }
 

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"math"
+	"os"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -503,6 +505,18 @@ func TestDropMask(t *testing.T) {
 			if _, ok := msgs[3].Row["email"]; ok || len(msgs[3].Row) != 9 {
 				t.Errorf("whole row = %v", msgs[3].Row)
 			}
+			// A map that nests the image is not affected by another route's mask.
+			r2 := mustCompile(t,
+				config.Route{Name: "nest", To: []string{"t"}, Map: `{"full": row}`},
+				config.Route{Name: "masked", To: []string{"t"}, Drop: []string{"sku"}, Mask: map[string]string{"email": "redact"}},
+			)
+			m2 := evalOne(t, r2.ForTarget("t"), record(mode.enc, insert(after)))
+			if full := m2[0].Row["full"].(map[string]any); full["email"] != "alice@example.com" || full["sku"] != "SKU-1" {
+				t.Errorf("nested image modified by another route: %v", full)
+			}
+			if m2[1].Row["email"] != "[redacted]" || m2[1].Row["sku"] != nil {
+				t.Errorf("masked row = %v", m2[1].Row)
+			}
 			// Every message owns its row.
 			msgs[1].Row["sku"] = "changed"
 			for i, m := range msgs {
@@ -748,5 +762,88 @@ func TestText(t *testing.T) {
 		if got := Text(tc.in); got != tc.want {
 			t.Errorf("Text(%#v) = %q, want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestDocExamples compiles every `when:` and `map:` of docs/routing.md, and
+// the inline examples the reference tables show as valid.
+func TestDocExamples(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/routing.md")
+	if err != nil {
+		t.Skipf("docs not found: %v", err)
+	}
+	re := regexp.MustCompile(`(?m)^\s*(?:- )?(when|map): '(.*)'`)
+	n := 0
+	for _, m := range re.FindAllStringSubmatch(string(doc), -1) {
+		r := config.Route{Name: "doc", To: []string{"t"}}
+		if m[1] == "when" {
+			r.When = m[2]
+		} else {
+			r.Map = m[2]
+		}
+		if _, err := Compile([]config.Route{r}); err != nil {
+			t.Errorf("docs/routing.md example %s: %v", m[0], err)
+		}
+		n++
+	}
+	if n < 10 {
+		t.Errorf("only %d examples found", n)
+	}
+	for _, w := range []string{
+		`ts > date("2025-01-01")`, `ts.Hour() < 6`, `now() - duration("1h") < ts`,
+		`(after.doc?.tags ?? []) == []`, `hash(row.email) == hash("alice@example.com")`,
+		`after.qty != nil && after.qty > 100`, `(after.qty ?? 0) > 100`, `number(after.price ?? 0) > 1`,
+	} {
+		if _, err := Compile([]config.Route{{Name: "doc", When: w, To: []string{"t"}}}); err != nil {
+			t.Errorf("%s: %v", w, err)
+		}
+	}
+}
+
+// TestConcurrentTargets: one Router, one evaluator per goroutine.
+func TestConcurrentTargets(t *testing.T) {
+	r := mustCompile(t,
+		config.Route{Name: "a", When: `changed("price") && row.qty > 1`, To: []string{"x", "y"}, Mask: map[string]string{"email": "hash"}},
+		config.Route{Name: "b", Map: `{"k": key.id, "p": number(row.price)}`, To: []string{"x"}},
+	)
+	recs := []*kgo.Record{
+		record(modes[0].enc, update(row(1, "1.00", int64(2)), row(1, "2.00", int64(2)))),
+		record(modes[1].enc, update(row(2, "1.00", int64(2)), row(2, "2.00", int64(2)))),
+	}
+	done := make(chan error)
+	for g := 0; g < 4; g++ {
+		go func() {
+			tr := r.ForTarget([]string{"x", "y"}[g%2])
+			for i := 0; i < 200; i++ {
+				msgs, err := tr.Eval(recs[i%2])
+				if err != nil {
+					done <- err
+					return
+				}
+				if want := 2 - g%2; len(msgs) != want {
+					done <- errors.New("wrong number of messages")
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for g := 0; g < 4; g++ {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestConstantMap: a constant map expression gives each message a fresh row.
+func TestConstantMap(t *testing.T) {
+	r := mustCompile(t, config.Route{Name: "c", Map: `{"a": 1, "b": "x"}`, Drop: []string{"a"}, To: []string{"t"}})
+	tr := r.ForTarget("t")
+	rec := record(modes[0].enc, insert(row(1, "1", nil)))
+	m1 := evalOne(t, tr, rec)
+	m1[0].Row["b"] = "changed"
+	m2 := evalOne(t, tr, rec)
+	if !reflect.DeepEqual(m2[0].Row, map[string]any{"b": "x"}) {
+		t.Errorf("second row = %v", m2[0].Row)
 	}
 }

@@ -159,7 +159,9 @@ func Deliver(ctx context.Context, cfg DeliveryConfig, t Target, r Router, store 
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
+	// With BlockRebalanceOnPoll, leaving the group waits for the rebalance
+	// we may be blocking; CloseAllowingRebalance lifts it first.
+	defer cl.CloseAllowingRebalance()
 
 	d := &deliverer{cfg: cfg, t: t, r: r, store: store, dlq: dlq, cl: cl, stats: stats, log: log}
 	return d.loop(ctx)
