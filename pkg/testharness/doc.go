@@ -18,7 +18,8 @@
 //	}
 //
 // Postgres, MariaDB and Kafka return a process-wide server shared by all tests
-// of the binary; isolate tests with NewDatabase / unique topic names. Tests
+// of the binary; isolate tests with NewDatabase and UniqueName (for topics,
+// groups, transactional ids), since -count=N reuses the same servers. Tests
 // that Stop, Kill or Restart a server should use a dedicated one instead
 // (NewPostgres, NewMariaDB, NewKafka), which belongs to that test alone and is
 // torn down at t.Cleanup. If a test leaves the shared server stopped, the next

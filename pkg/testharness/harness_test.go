@@ -199,12 +199,13 @@ func TestMariaDBRestart(t *testing.T) {
 func TestKafka(t *testing.T) {
 	k := testharness.Kafka(t)
 	brokers := k.Brokers()
-	testharness.CreateTopic(t, brokers, "harness-plain", 3)
-	produceConsume(t, brokers, "harness-plain", false)
-	produceConsume(t, brokers, "harness-txn", true)
+	plain, txn := testharness.UniqueName(t), testharness.UniqueName(t)
+	testharness.CreateTopic(t, brokers, plain, 3)
+	produceConsume(t, brokers, plain, false)
+	produceConsume(t, brokers, txn, true)
 
 	if _, err := exec.LookPath("kcat"); err == nil {
-		out, err := exec.Command("kcat", "-C", "-b", brokers[0], "-t", "harness-txn", "-e", "-q",
+		out, err := exec.Command("kcat", "-C", "-b", brokers[0], "-t", txn, "-e", "-q",
 			"-X", "isolation.level=read_committed", "-f", "%s\n").CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "value-txn") {
 			t.Fatalf("kcat: %v: %s", err, out)
@@ -215,13 +216,14 @@ func TestKafka(t *testing.T) {
 func TestKafkaRestart(t *testing.T) {
 	k := testharness.Kafka(t)
 	brokers := k.Brokers()
-	produceConsume(t, brokers, "harness-restart", false)
+	topic, topic2 := testharness.UniqueName(t), testharness.UniqueName(t)
+	produceConsume(t, brokers, topic, false)
 	timed(t, "Kafka restart", func() { k.Restart(t) })
 	if k.Brokers()[0] != brokers[0] {
 		t.Fatalf("brokers changed %v -> %v", brokers, k.Brokers())
 	}
 	// The record produced before the restart is still there.
-	cl := testharness.KafkaClient(t, brokers, kgo.ConsumeTopics("harness-restart"),
+	cl := testharness.KafkaClient(t, brokers, kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -232,7 +234,14 @@ func TestKafkaRestart(t *testing.T) {
 	if fs.NumRecords() == 0 {
 		t.Fatal("no records after restart")
 	}
-	produceConsume(t, brokers, "harness-restart-2", true)
+	produceConsume(t, brokers, topic2, true)
+
+	// A crash, then the next user of the shared broker gets it started again.
+	if err := k.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	timed(t, "Kafka start after kill", func() { k = testharness.Kafka(t) })
+	produceConsume(t, k.Brokers(), topic2, true)
 }
 
 func TestKfake(t *testing.T) {

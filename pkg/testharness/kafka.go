@@ -148,6 +148,10 @@ func (k *KafkaServer) configure(ctx context.Context) error {
 		"share.coordinator.state.topic.min.isr":            "1",
 		"group.initial.rebalance.delay.ms":                 "0",
 		"auto.create.topics.enable":                        "true",
+		// After a crash the restarted broker cannot register until its old
+		// session expires (default 9s).
+		"broker.session.timeout.ms":    "4000",
+		"broker.heartbeat.interval.ms": "1000",
 	}
 	var b strings.Builder
 	for _, key := range sortedKeys(props) {

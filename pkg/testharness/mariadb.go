@@ -263,7 +263,7 @@ func (m *MySQL) DSN(db string) string {
 // name; it is dropped at t.Cleanup (errors ignored).
 func (m *MySQL) NewDatabase(t testing.TB) string {
 	t.Helper()
-	name := uniqueDBName(t)
+	name := UniqueName(t)
 	m.Exec(t, "", "CREATE DATABASE `"+name+"`")
 	t.Cleanup(func() {
 		if !m.Running() {

@@ -9,10 +9,11 @@ import (
 
 var nameSeq atomic.Int64
 
-// uniqueDBName derives a database name from the test name: lower-case
-// [a-z0-9_], at most 50 bytes, unique within this process (a sequence
-// number) and across processes (a random suffix).
-func uniqueDBName(t testing.TB) string {
+// UniqueName derives a name from the test name that is unique within the
+// process (a sequence number) and across processes (a random suffix):
+// lower-case [a-z0-9_], at most 50 bytes, so it is valid as a database,
+// table, topic, group or transactional id. NewDatabase uses it.
+func UniqueName(t testing.TB) string {
 	var b strings.Builder
 	for _, r := range strings.ToLower(t.Name()) {
 		switch {

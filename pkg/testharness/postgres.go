@@ -306,7 +306,7 @@ func (p *PG) ReplicationDSN(db string) string {
 // dropped and the database dropped (errors are ignored).
 func (p *PG) NewDatabase(t testing.TB) string {
 	t.Helper()
-	name := uniqueDBName(t)
+	name := UniqueName(t)
 	p.Exec(t, "postgres", "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
 	t.Cleanup(func() { p.dropDatabase(name) })
 	return name

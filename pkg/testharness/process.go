@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -65,15 +66,8 @@ func (p *proc) exited() bool {
 	}
 }
 
-// signalGroup sends sig to the whole process group (children included).
-func (p *proc) signalGroup(sig syscall.Signal) {
-	if !p.exited() {
-		_ = syscall.Kill(-p.cmd.Process.Pid, sig)
-	}
-}
-
 // stop sends sig to the process and waits up to timeout for it to exit;
-// then it SIGKILLs the group and reports the timeout. Otherwise it returns
+// then it kills the process tree and reports the timeout. Otherwise it returns
 // the exit error.
 func (p *proc) stop(sig syscall.Signal, timeout time.Duration) error {
 	if !p.exited() {
@@ -88,11 +82,97 @@ func (p *proc) stop(sig syscall.Signal, timeout time.Duration) error {
 	return fmt.Errorf("%s did not exit within %v of %v; killed", filepath.Base(p.cmd.Path), timeout, sig)
 }
 
-// kill SIGKILLs the process group and waits for the process.
+// kill SIGKILLs the process, its process group and all its descendants, and
+// waits until they are gone. Descendants matter: PostgreSQL backends run in
+// their own sessions, and the shared memory they hold blocks a restart.
 func (p *proc) kill() {
-	p.signalGroup(syscall.SIGKILL)
+	pid := p.cmd.Process.Pid
+	var kids []int
+	if !p.exited() {
+		_ = syscall.Kill(pid, syscall.SIGSTOP) // no new children while we collect them
+		kids = procTable().descendants(pid)
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	for _, k := range kids {
+		_ = syscall.Kill(k, syscall.SIGKILL)
+	}
 	<-p.done
-	// Children that did not share the group (none expected) are not waited for.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if !procTable().anyAlive(pid, kids) {
+			return
+		}
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	}
+}
+
+// procInfo is what kill needs from /proc/PID/stat.
+type procInfo struct {
+	ppid, pgrp int
+	zombie     bool
+}
+
+type procs map[int]procInfo
+
+// procTable reads every process's parent, group and state from /proc.
+func procTable() procs {
+	t := procs{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// "pid (comm) state ppid pgrp ..."; comm may contain anything.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 3 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		pgrp, _ := strconv.Atoi(f[2])
+		t[pid] = procInfo{ppid: ppid, pgrp: pgrp, zombie: f[0] == "Z" || f[0] == "X"}
+	}
+	return t
+}
+
+// descendants returns the pids of all descendants of pid.
+func (t procs) descendants(pid int) []int {
+	children := map[int][]int{}
+	for p, info := range t {
+		children[info.ppid] = append(children[info.ppid], p)
+	}
+	var out []int
+	for queue := []int{pid}; len(queue) > 0; queue = queue[1:] {
+		for _, c := range children[queue[0]] {
+			out = append(out, c)
+			queue = append(queue, c)
+		}
+	}
+	return out
+}
+
+// anyAlive reports whether a live (not zombie) process is in group pgid or
+// is one of pids.
+func (t procs) anyAlive(pgid int, pids []int) bool {
+	for _, info := range t {
+		if info.pgrp == pgid && !info.zombie {
+			return true
+		}
+	}
+	for _, p := range pids {
+		if info, ok := t[p]; ok && !info.zombie {
+			return true
+		}
+	}
+	return false
 }
 
 // Pdeathsig fires when the OS thread that forked the child exits, not when
