@@ -255,7 +255,10 @@ func (p *producer) oversize(rec *kgo.Record, c *event.Change, size int) (*kgo.Re
 	// The dead-letter record keeps the CloudEvents attributes (headers) and
 	// says why the data is missing; the change itself is not in Kafka.
 	d := &kgo.Record{Topic: p.cfg.DLQTopic, Key: rec.Key}
-	for _, h := range rec.Headers {
+	// Binary-mode attribute headers, whatever the topic's mode: the dead
+	// letter has no data, but keeps the event's identity.
+	bin := (&event.Encoder{Pipeline: p.cfg.Pipeline}).Record(rec.Topic, c)
+	for _, h := range bin.Headers {
 		if h.Key != "content-type" {
 			d.Headers = append(d.Headers, h)
 		}

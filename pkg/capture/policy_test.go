@@ -1,0 +1,189 @@
+package capture
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/plumecdc/plume/pkg/event"
+	"github.com/plumecdc/plume/pkg/testharness"
+)
+
+// listSource emits fixed transactions once, then waits.
+type listSource struct {
+	txns  [][]*event.Change
+	acked chan []byte
+}
+
+func (s *listSource) Run(ctx context.Context, from []byte, em Emitter) error {
+	start := 0
+	if from != nil {
+		n, _ := strconv.Atoi(string(from))
+		start = n + 1
+	}
+	for i := start; i < len(s.txns); i++ {
+		for _, c := range s.txns[i] {
+			if err := em.Emit(ctx, c); err != nil {
+				return err
+			}
+		}
+		if err := em.Commit(ctx, []byte(strconv.Itoa(i))); err != nil {
+			return err
+		}
+	}
+	<-ctx.Done()
+	return nil
+}
+func (s *listSource) Ack(cp []byte) { s.acked <- cp }
+func (s *listSource) Close() error  { return nil }
+
+var items = &event.Table{Connector: "mysql", Database: "shop", Name: "items",
+	Columns: []event.Column{{Name: "id", Type: "int"}, {Name: "doc", Type: "longtext"}}, Key: []int{0}}
+
+func row(op event.Op, id int64, doc string, txn int, idx int64) *event.Change {
+	c := &event.Change{Op: op, Table: items, Commit: time.Unix(1700000000, 0), TxID: "t" + strconv.Itoa(txn),
+		Pos: "gtid:0-1-" + strconv.Itoa(txn), Index: idx, TableIndex: idx + 1}
+	img := []event.Value{id, doc}
+	if op == event.OpDelete {
+		c.Before = img
+	} else {
+		c.After = img
+	}
+	return c
+}
+
+func readAll(t *testing.T, brokers []string, topic string) []*kgo.Record {
+	t.Helper()
+	cl := testharness.KafkaClient(t, brokers, kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	var out []*kgo.Record
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		fs := cl.PollFetches(ctx)
+		cancel()
+		if fs.NumRecords() == 0 {
+			return out
+		}
+		out = append(out, fs.Records()...)
+	}
+}
+
+func waitAck(t *testing.T, src *listSource, want string) {
+	t.Helper()
+	for {
+		select {
+		case cp := <-src.acked:
+			if string(cp) == want {
+				return
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("checkpoint %s was never acknowledged", want)
+		}
+	}
+}
+
+func TestDeleteIsFollowedByTombstone(t *testing.T) {
+	c := testharness.Kfake(t, kfake.NumBrokers(1))
+	cfg := testConfig(c.ListenAddrs())
+	cfg.Tombstones = true
+	src := &listSource{acked: make(chan []byte, 16), txns: [][]*event.Change{
+		{row(event.OpCreate, 1, "a", 0, 0)},
+		{row(event.OpDelete, 1, "a", 1, 0)},
+	}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, src, nil, nil, quiet) }()
+	waitAck(t, src, "1")
+	cancel()
+	<-done
+	recs := readAll(t, c.ListenAddrs(), "t.public.items")
+	if len(recs) != 3 {
+		t.Fatalf("got %d records, want insert, delete, tombstone", len(recs))
+	}
+	tomb := recs[2]
+	if tomb.Value != nil || len(tomb.Headers) != 0 || string(tomb.Key) != "id=1" {
+		t.Errorf("tombstone = key %q value %q headers %v", tomb.Key, tomb.Value, tomb.Headers)
+	}
+}
+
+func TestOversizeFailStopsWithTableAndKey(t *testing.T) {
+	c := testharness.Kfake(t, kfake.NumBrokers(1))
+	cfg := testConfig(c.ListenAddrs())
+	cfg.MaxMessageBytes = 4096
+	src := &listSource{acked: make(chan []byte, 16), txns: [][]*event.Change{
+		{row(event.OpCreate, 1, "small", 0, 0)},
+		{row(event.OpCreate, 2, "fits", 1, 0), row(event.OpCreate, 3, strings.Repeat("x", 10000), 1, 1)},
+	}}
+	err := Run(context.Background(), cfg, src, nil, nil, quiet)
+	if err == nil || Retryable(err) {
+		t.Fatalf("Run = %v, want a non-retryable error", err)
+	}
+	for _, want := range []string{"shop.items", `"id=3"`, "max_message_bytes"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+	// The source transaction holding the oversize row is not visible, not
+	// even its first row: nothing is half-written.
+	for _, r := range readAll(t, c.ListenAddrs(), "t.public.items") {
+		if k := string(r.Key); k == "id=2" || k == "id=3" {
+			t.Fatalf("record %s of the failed transaction is visible", k)
+		}
+	}
+	// After raising the limit, a restart resumes exactly there.
+	cfg.MaxMessageBytes = 1 << 20
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, src, nil, nil, quiet) }()
+	waitAck(t, src, "1")
+	cancel()
+	<-done
+	var keys []string
+	for _, r := range readAll(t, c.ListenAddrs(), "t.public.items") {
+		keys = append(keys, string(r.Key))
+	}
+	if strings.Join(keys, ",") != "id=1,id=2,id=3" {
+		t.Fatalf("after the restart the topic holds %v", keys)
+	}
+}
+
+func TestOversizeDLQKeepsTheStreamGoing(t *testing.T) {
+	c := testharness.Kfake(t, kfake.NumBrokers(1))
+	cfg := testConfig(c.ListenAddrs())
+	cfg.MaxMessageBytes = 4096
+	cfg.Oversize = "dlq"
+	cfg.DLQTopic = "t.t.dlq"
+	src := &listSource{acked: make(chan []byte, 16), txns: [][]*event.Change{
+		{row(event.OpCreate, 2, "fits", 0, 0), row(event.OpCreate, 3, strings.Repeat("x", 10000), 0, 1)},
+		{row(event.OpCreate, 4, "after", 1, 0)},
+	}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, src, nil, nil, quiet) }()
+	waitAck(t, src, "1")
+	cancel()
+	if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+	data := readAll(t, c.ListenAddrs(), "t.public.items")
+	if len(data) != 2 {
+		t.Fatalf("data topic holds %d records, want 2", len(data))
+	}
+	dlq := readAll(t, c.ListenAddrs(), "t.t.dlq")
+	if len(dlq) != 1 {
+		t.Fatalf("DLQ holds %d records, want 1", len(dlq))
+	}
+	h := map[string]string{}
+	for _, x := range dlq[0].Headers {
+		h[x.Key] = string(x.Value)
+	}
+	if !strings.Contains(h["ce_dlqreason"], "id=3") || h["ce_id"] != "gtid:0-1-0/1" || h["ce_dlqtopic"] != "t.public.items" {
+		t.Errorf("dead letter headers: %v", h)
+	}
+}
