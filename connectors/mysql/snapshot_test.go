@@ -1,0 +1,212 @@
+package mysql
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/plumecdc/plume/pkg/testharness"
+)
+
+// replayer applies changes in order and checks, at every event, that the
+// event agrees with the state the events before it describe: an update's or
+// delete's before image equals the replayed row (when the row is known), an
+// insert's key is absent, and a snapshot read equals the replayed row (when
+// known). This is the snapshot invariant checked at every step.
+type replayer struct {
+	state map[string]map[string]string // subject -> row image
+	ids   map[string]bool
+	errs  []string
+}
+
+func newReplayer() *replayer {
+	return &replayer{state: map[string]map[string]string{}, ids: map[string]bool{}}
+}
+
+func (p *replayer) apply(c rec) {
+	if p.ids[c.ID] {
+		p.errs = append(p.errs, "duplicate id "+c.ID)
+	}
+	p.ids[c.ID] = true
+	cur, known := p.state[c.Subject]
+	switch c.Op {
+	case "read":
+		if known && flat(cur) != flat(c.After) {
+			p.errs = append(p.errs, fmt.Sprintf("read %s = %s, but the stream had %s", c.Subject, flat(c.After), flat(cur)))
+		}
+		p.state[c.Subject] = c.After
+	case "insert":
+		if known {
+			p.errs = append(p.errs, fmt.Sprintf("insert %s, but the row exists: %s", c.Subject, flat(cur)))
+		}
+		p.state[c.Subject] = c.After
+	case "update":
+		bs := subjectOfImage(c.Before)
+		if prev, ok := p.state[bs]; ok && flat(prev) != flat(c.Before) {
+			p.errs = append(p.errs, fmt.Sprintf("update %s: before %s, replayed %s", bs, flat(c.Before), flat(prev)))
+		}
+		delete(p.state, bs)
+		p.state[c.Subject] = c.After
+	case "delete":
+		if known && flat(cur) != flat(c.Before) {
+			p.errs = append(p.errs, fmt.Sprintf("delete %s: before %s, replayed %s", c.Subject, flat(c.Before), flat(cur)))
+		}
+		delete(p.state, c.Subject)
+	}
+}
+
+// subjectOfImage renders "id=N" for the single-column key tables of these tests.
+func subjectOfImage(img map[string]string) string { return "id=" + img["id"] }
+
+// tableState reads the table as JSON images keyed by subject, through the
+// same conversion a snapshot uses.
+func tableState(t *testing.T, s *Source, table string) map[string]map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	c, err := s.dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc := newSchemaCache(s.filter, s.cfg.Keys, defaultCollations, s.log)
+	info, err := sc.loadTable(ctx, c, table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &snapshotRun{s: s, ctx: ctx}
+	rows, err := r.selectChunk(c, &chunk{info: info})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]map[string]string{}
+	for _, row := range rows {
+		out[keySubject(info.table, row)] = imageJSON(info.table, row)
+	}
+	return out
+}
+
+func sameState(a, b map[string]map[string]string) (bool, string) {
+	if len(a) != len(b) {
+		return false, fmt.Sprintf("%d rows vs %d", len(a), len(b))
+	}
+	for k, v := range a {
+		if flat(b[k]) != flat(v) {
+			return false, fmt.Sprintf("row %s: %s vs %s", k, flat(v), flat(b[k]))
+		}
+	}
+	return true, ""
+}
+
+// churn updates, deletes and inserts random rows of table s(id, v, n) until
+// stopped, with bounded count and time.
+func churn(t *testing.T, m *testharness.MySQL, db string, maxID int, seed int64, pause time.Duration) (stop func() int) {
+	var wg sync.WaitGroup
+	var n atomic.Int64
+	done := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c := m.Connect(t, db)
+		rng := rand.New(rand.NewSource(seed))
+		deadline := time.Now().Add(60 * time.Second)
+		next := maxID + 1
+		for i := 0; i < 20000 && time.Now().Before(deadline); i++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			id := 1 + rng.Intn(next)
+			var q string
+			switch rng.Intn(4) {
+			case 0, 1:
+				q = fmt.Sprintf("UPDATE s SET v = CONCAT('u', %d), n = n + 1 WHERE id = %d", i, id)
+			case 2:
+				q = fmt.Sprintf("DELETE FROM s WHERE id = %d", id)
+			case 3:
+				q = fmt.Sprintf("INSERT INTO s (id, v, n) VALUES (%d, 'new', 0) ON DUPLICATE KEY UPDATE n = n + 100", next)
+				next++
+			}
+			if _, err := c.Execute(q); err != nil {
+				t.Errorf("churn: %v", err)
+				return
+			}
+			n.Add(1)
+			time.Sleep(pause)
+		}
+	}()
+	return func() int { close(done); wg.Wait(); return int(n.Load()) }
+}
+
+func fillTable(t *testing.T, m *testharness.MySQL, db string, rows int) {
+	m.Exec(t, db, "CREATE TABLE s (id int primary key, v varchar(40), n int)")
+	m.Exec(t, db, fmt.Sprintf("INSERT INTO s SELECT seq, CONCAT('v', seq), 0 FROM seq_1_to_%d", rows))
+}
+
+func runSnapshotUnderWrites(t *testing.T, mode string) {
+	const rows = 3000
+	m := testharness.MariaDB(t)
+	db := m.NewDatabase(t)
+	fillTable(t, m, db, rows)
+	cfg := testConfig(t, m, db)
+	cfg.Snapshot = true
+	cfg.SnapshotMode = mode
+	cfg.SnapshotChunkSize = 100
+	cfg.SnapshotWorkers = 2
+	src := newTestSource(t, cfg)
+	em := &recEmitter{}
+	stopChurn := churn(t, m, db, rows, 7, 0)
+	r := startRun(t, src, nil, em)
+	snapshotDone := func() bool {
+		cp := em.lastCP()
+		c, err := decodeCheckpoint(cp)
+		return err == nil && c != nil && c.Snapshot == nil && countOps(em.changes(), true) > 0
+	}
+	waitFor(t, r, 60*time.Second, "snapshot to finish", snapshotDone)
+	time.Sleep(300 * time.Millisecond) // some writes after the snapshot
+	writes := stopChurn()
+	want := tableState(t, src, db+".s")
+	var p *replayer
+	waitFor(t, r, 30*time.Second, "replayed state to equal the table", func() bool {
+		p = newReplayer()
+		for _, c := range em.changes() {
+			p.apply(c)
+		}
+		ok, _ := sameState(p.state, want)
+		return ok
+	})
+	for i, e := range p.errs {
+		if i > 10 {
+			break
+		}
+		t.Error(e)
+	}
+	reads := countOps(em.changes(), true)
+	chunks := 0
+	for _, tx := range em.committed {
+		if len(tx.Changes) > 0 && tx.Changes[0].Snapshot {
+			chunks++
+		}
+	}
+	sup := int64(-1)
+	if st := src.lastSnapshot.Load(); st != nil {
+		sup = st.Superseded
+	}
+	t.Logf("mode %s: %d rows, %d concurrent writes, %d snapshot reads in %d chunks (%d rows superseded by the stream), %d stream changes",
+		mode, rows, writes, reads, chunks, sup, len(em.changes())-reads)
+	if reads < rows/2 {
+		t.Errorf("only %d snapshot reads", reads)
+	}
+}
+
+func TestSnapshotWatermarkUnderConcurrentWrites(t *testing.T) {
+	runSnapshotUnderWrites(t, SnapshotWatermark)
+}
+
+func TestSnapshotLockModeUnderConcurrentWrites(t *testing.T) {
+	runSnapshotUnderWrites(t, SnapshotLock)
+}
