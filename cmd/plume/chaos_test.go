@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/IBM/sarama"
+	"github.com/cloudevents/sdk-go/protocol/kafka_sarama/v2"
+	"github.com/cloudevents/sdk-go/v2/binding"
 	gomysql "github.com/go-mysql-org/go-mysql/client"
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -299,6 +302,9 @@ func readChaos(t *testing.T, brokers []string, topics []string) *chaosRead {
 					continue // tombstone
 				}
 				r.ids[rx.ID]++
+				if len(r.ids)%10 == 0 {
+					checkWithSDK(t, rec)
+				}
 				var env struct {
 					Before, After map[string]any
 					Op            string
@@ -509,3 +515,19 @@ func (m *myChaos) state(table string) map[string]string {
 }
 
 func (m *myChaos) close() { m.conn.Close() }
+
+// checkWithSDK parses a record with sdk-go's Kafka binding, an
+// implementation Plume did not write, and validates the event.
+func checkWithSDK(t *testing.T, rec *kgo.Record) {
+	cm := &sarama.ConsumerMessage{Topic: rec.Topic, Key: rec.Key, Value: rec.Value}
+	for _, h := range rec.Headers {
+		cm.Headers = append(cm.Headers, &sarama.RecordHeader{Key: []byte(h.Key), Value: h.Value})
+	}
+	ev, err := binding.ToEvent(context.Background(), kafka_sarama.NewMessageFromConsumerMessage(cm))
+	if err != nil {
+		t.Fatalf("sdk-go cannot read %s@%d: %v", rec.Topic, rec.Offset, err)
+	}
+	if err := ev.Validate(); err != nil {
+		t.Fatalf("sdk-go rejects %s@%d: %v", rec.Topic, rec.Offset, err)
+	}
+}

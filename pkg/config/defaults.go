@@ -36,6 +36,7 @@ func applyDefaults(p *Pipeline) {
 	}
 	switch s.Type {
 	case SourceMySQL:
+		str(&s.SnapshotMode, SnapshotModeWatermark)
 		if s.ServerID == 0 {
 			s.ServerID = DeriveServerID(p.Name)
 		}

@@ -19,6 +19,9 @@ const (
 	SnapshotInitial = "initial" // source.snapshot: snapshot included tables, then stream
 	SnapshotNever   = "never"   // source.snapshot: stream only
 
+	SnapshotModeWatermark = "watermark" // source.snapshot_mode: lock-free chunks reconciled with the binlog
+	SnapshotModeLock      = "lock"      // source.snapshot_mode: brief global read lock, consistent snapshot
+
 	ModeBinary     = "binary"     // kafka.mode: CloudEvents Kafka binary content mode
 	ModeStructured = "structured" // kafka.mode: CloudEvents Kafka structured content mode
 
@@ -147,6 +150,9 @@ type Source struct {
 	// Keys overrides the key columns of tables ("db.table" -> columns),
 	// for tables without a primary key.
 	Keys map[string][]string `yaml:"keys"`
+	// SnapshotMode is the MySQL snapshot algorithm (mysql only):
+	// SnapshotModeWatermark (lock-free, default) or SnapshotModeLock.
+	SnapshotMode string `yaml:"snapshot_mode"`
 	// ServerID is the MySQL replica server id (mysql only). After Parse it
 	// is never 0: 0 is replaced by DeriveServerID(Name).
 	ServerID uint32 `yaml:"server_id"`

@@ -193,6 +193,13 @@ func (v *validator) source() {
 			colSeen[c] = true
 		}
 	}
+	if s.SnapshotMode != "" {
+		if s.Type != SourceMySQL && s.Type != "" {
+			v.errorf("source.snapshot_mode", "only valid for mysql sources (source.type is %s)", s.Type)
+		} else if s.SnapshotMode != SnapshotModeWatermark && s.SnapshotMode != SnapshotModeLock {
+			v.errorf("source.snapshot_mode", "must be %s or %s, not %q", SnapshotModeWatermark, SnapshotModeLock, s.SnapshotMode)
+		}
+	}
 	if s.Type != SourceMySQL && s.Type != "" && s.ServerID != 0 {
 		v.errorf("source.server_id", "only valid for mysql sources (source.type is %s)", s.Type)
 	}

@@ -1,0 +1,26 @@
+package http
+
+import (
+	"context"
+
+	"github.com/plumecdc/plume/pkg/target"
+)
+
+func init() { target.Register("http", factory) }
+
+// factory builds an http target from its block of the pipeline file. It
+// reads the TLS files but does not connect (plume validate calls it).
+func factory(_ context.Context, env target.Env) (target.Target, error) {
+	cfg := DefaultConfig()
+	if err := env.Config.Decode(&cfg); err != nil {
+		return nil, err
+	}
+	dir := ""
+	if env.Pipeline != nil {
+		dir = env.Pipeline.Dir
+	}
+	c := env.Config
+	return newTarget(cfg, env.Name, dir, env.Log, func(top, key, format string, args ...any) error {
+		return c.PosOf(top).Errorf(c.Key(key), format, args...)
+	})
+}

@@ -1,0 +1,494 @@
+package postgres
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/plumecdc/plume/pkg/capture"
+	"github.com/plumecdc/plume/pkg/event"
+)
+
+// The snapshot.
+//
+//  1. Snapshot. On a first start the slot is created with EXPORT_SNAPSHOT;
+//     its consistent point P1 is where the stream starts. When resuming (the
+//     exported snapshot died with its connection), a TEMPORARY slot is
+//     created with EXPORT_SNAPSHOT only to get a fresh snapshot S2 and its
+//     consistent point P2 >= P1; the temporary slot disappears with its
+//     connection. In both cases the replication connection stays idle until
+//     every worker ran
+//     BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+//     SET TRANSACTION SNAPSHOT '<name>'
+//     and is closed right after.
+//  2. Plan. Each table is cut into chunks by key ranges whose bounds are
+//     every Nth key of an ordered key scan (N = SnapshotChunkSize), in an
+//     order Go reproduces (keys.go). The plan is Committed (an empty
+//     transaction) before any chunk, and never changes afterwards.
+//  3. Read. SnapshotWorkers workers read chunks in parallel, each in its own
+//     imported snapshot. A worker hands a chunk to the emitting goroutine
+//     (Run's) once it read the chunk (at most ~one chunk buffered per
+//     worker; an oversized chunk streams through instead). The emitting
+//     goroutine emits the chunk's rows and Commits a checkpoint that marks
+//     the chunk read at this snapshot's point: whole chunks, one at a time.
+//  4. Done. A final empty Commit marks the snapshot done; the stream then
+//     starts at P1 and applies the catch-up rule (checkpoint.go) until it is
+//     past every point a chunk was read at.
+
+// exportedSnapshot is a snapshot exported by CREATE_REPLICATION_SLOT,
+// alive while conn stays idle.
+type exportedSnapshot struct {
+	name  string
+	point pglogrepl.LSN
+	conn  *pgconn.PgConn
+}
+
+func newSnapState(p1 pglogrepl.LSN) *snapState {
+	return &snapState{ID: p1.String(), Started: time.Now().UTC().Truncate(time.Microsecond)}
+}
+
+var snapshotNameRE = regexp.MustCompile(`^[0-9A-Za-z-]+$`)
+
+// maxBufferedRows bounds the rows a worker holds for one chunk before it
+// streams the rest through.
+const maxBufferedRows = 20000
+
+// tempSnapshot creates a temporary slot to export a fresh snapshot.
+func (s *Source) tempSnapshot(ctx context.Context) (*exportedSnapshot, error) {
+	repl, err := s.conn.connectReplication(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	name := "plume_tmp_" + hex.EncodeToString(rnd[:])
+	res, err := pglogrepl.CreateReplicationSlot(ctx, repl, name, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
+		Temporary: true, SnapshotAction: "EXPORT_SNAPSHOT", Mode: pglogrepl.LogicalReplication,
+	})
+	if err != nil {
+		repl.Close(context.Background())
+		return nil, fmt.Errorf("postgres: creating temporary slot for a snapshot (pipeline slot %q): %w", s.slot, err)
+	}
+	p, err := pglogrepl.ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		repl.Close(context.Background())
+		return nil, err
+	}
+	s.log.Info("exported fresh snapshot", "temporary_slot", name, "consistent_point", p)
+	return &exportedSnapshot{name: res.SnapshotName, point: p, conn: repl}, nil
+}
+
+// snapshot reads every unread chunk of cp.Snap and marks the snapshot done.
+// exp is the slot's exported snapshot on a first start, nil when resuming.
+func (s *Source) snapshot(ctx context.Context, em capture.Emitter, meta *pgx.Conn, db string, rels []*relation, cp *checkpoint, exp *exportedSnapshot) (err error) {
+	st := cp.Snap
+	if exp == nil {
+		if exp, err = s.tempSnapshot(ctx); err != nil {
+			return err
+		}
+	}
+	workers, err := s.importSnapshot(ctx, exp)
+	exp.conn.Close(context.Background()) // releases the exporter (and a temporary slot)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, w := range workers {
+			w.Close(context.Background()) // ends the read-only transaction
+		}
+	}()
+
+	metas := map[string]*tableMeta{}
+	for _, r := range rels {
+		m, err := loadTableMeta(ctx, meta, s.reg, db, r, s.cfg.Keys[r.qualified()])
+		if err != nil {
+			return err
+		}
+		metas[r.qualified()] = m
+	}
+	changed, err := s.plan(ctx, workers[0], st, rels, metas)
+	if err != nil {
+		return err
+	}
+	if changed {
+		if err := em.Commit(ctx, cp.encode()); err != nil {
+			return err
+		}
+	}
+	mark := st.addPoint(exp.point)
+
+	type task struct {
+		tm    *tableMeta
+		stb   *snapTable
+		chunk int
+	}
+	var tasks []task
+	for _, stb := range st.Tables {
+		for c, r := range stb.Read {
+			if r == 0 {
+				tasks = append(tasks, task{metas[stb.Table], stb, c})
+			}
+		}
+	}
+	s.log.Info("snapshot", "tables", len(st.Tables), "chunks_to_read", len(tasks), "point", exp.point, "stream_start", st.ID)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	taskc := make(chan task)
+	outs := make(chan *chunkOut)
+	errc := make(chan error, len(workers)+1)
+	var wg sync.WaitGroup
+	go func() {
+		defer close(taskc)
+		for _, t := range tasks {
+			select {
+			case taskc <- t:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for _, w := range workers {
+		wg.Add(1)
+		go func(conn *pgx.Conn) {
+			defer wg.Done()
+			for t := range taskc {
+				if err := s.readChunk(ctx, conn, st, t.tm, t.stb, t.chunk, exp.point, outs); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}(w)
+	}
+	defer func() { cancel(); wg.Wait() }()
+
+	for done := 0; done < len(tasks); done++ {
+		var out *chunkOut
+		select {
+		case out = <-outs:
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if err := out.emit(ctx, em); err != nil {
+			return err
+		}
+		out.stb.Read[out.chunk] = mark
+		if err := em.Commit(ctx, cp.encode()); err != nil {
+			return err
+		}
+		if s.chunkHook != nil {
+			s.chunkHook()
+		}
+	}
+	st.Done = true
+	if err := em.Commit(ctx, cp.encode()); err != nil {
+		return err
+	}
+	s.log.Info("snapshot done", "stream_start", st.ID)
+	return nil
+}
+
+// importSnapshot opens one connection per worker, each in a repeatable-read
+// transaction on the exported snapshot.
+func (s *Source) importSnapshot(ctx context.Context, exp *exportedSnapshot) ([]*pgx.Conn, error) {
+	if !snapshotNameRE.MatchString(exp.name) {
+		return nil, fmt.Errorf("postgres: unexpected snapshot name %q", exp.name)
+	}
+	var conns []*pgx.Conn
+	fail := func(err error) ([]*pgx.Conn, error) {
+		for _, c := range conns {
+			c.Close(context.Background())
+		}
+		return nil, err
+	}
+	for i := 0; i < s.cfg.SnapshotWorkers; i++ {
+		c, err := s.conn.connect(ctx)
+		if err != nil {
+			return fail(err)
+		}
+		conns = append(conns, c)
+		if _, err := c.Exec(ctx, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"); err != nil {
+			return fail(fmt.Errorf("postgres: snapshot transaction: %w", err))
+		}
+		if _, err := c.Exec(ctx, "SET TRANSACTION SNAPSHOT '"+exp.name+"'"); err != nil {
+			return fail(fmt.Errorf("postgres: importing snapshot %s (slot %q, point %s): %w", exp.name, s.slot, exp.point, err))
+		}
+	}
+	return conns, nil
+}
+
+// plan makes st.Tables match rels: tables no longer configured are dropped,
+// new ones get chunk bounds computed in conn's snapshot. It reports whether
+// the plan changed.
+func (s *Source) plan(ctx context.Context, conn *pgx.Conn, st *snapState, rels []*relation, metas map[string]*tableMeta) (bool, error) {
+	changed := false
+	want := map[string]bool{}
+	for _, r := range rels {
+		want[r.qualified()] = true
+	}
+	kept := st.Tables[:0]
+	for _, t := range st.Tables {
+		if want[t.Table] {
+			kept = append(kept, t)
+		} else {
+			changed = true
+		}
+	}
+	st.Tables = kept
+	for _, r := range rels {
+		tm := metas[r.qualified()]
+		if old := st.table(r.qualified()); old != nil {
+			if !sameKey(old, tm) {
+				return false, fmt.Errorf("postgres: the key of %s changed during its snapshot (planned %v); reset the pipeline to snapshot again", r.qualified(), old.Key)
+			}
+			continue
+		}
+		t, err := s.chunkTable(ctx, conn, tm)
+		if err != nil {
+			return false, err
+		}
+		st.Tables = append(st.Tables, t)
+		changed = true
+	}
+	return changed, nil
+}
+
+func sameKey(t *snapTable, tm *tableMeta) bool {
+	if len(t.Key) != len(tm.chunkKey) {
+		return false
+	}
+	for i, k := range tm.chunkKey {
+		if tm.table.Columns[k].Name != t.Key[i] || tm.kinds[i] != t.Kinds[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// keyExprs returns the key column expressions and the ORDER BY list.
+func keyExprs(tm *tableMeta) []string {
+	exprs := make([]string, len(tm.chunkKey))
+	for i, k := range tm.chunkKey {
+		e := pgx.Identifier{tm.table.Columns[k].Name}.Sanitize()
+		if tm.kinds[i] == kindText {
+			e += ` COLLATE "C"`
+		}
+		exprs[i] = e
+	}
+	return exprs
+}
+
+// chunkTable computes a table's chunk bounds: every Nth key in key order.
+func (s *Source) chunkTable(ctx context.Context, conn *pgx.Conn, tm *tableMeta) (*snapTable, error) {
+	t := &snapTable{Table: tm.rel.qualified()}
+	if tm.chunkKey == nil {
+		t.Read = make([]int, 1)
+		return t, nil
+	}
+	for i, k := range tm.chunkKey {
+		t.Key = append(t.Key, tm.table.Columns[k].Name)
+		t.Kinds = append(t.Kinds, tm.kinds[i])
+	}
+	exprs := keyExprs(tm)
+	cols := make([]string, len(tm.chunkKey))
+	outs := make([]string, len(tm.chunkKey))
+	for i, k := range tm.chunkKey {
+		cols[i] = pgx.Identifier{tm.table.Columns[k].Name}.Sanitize()
+		outs[i] = fmt.Sprintf("k%d::text", i)
+		cols[i] += fmt.Sprintf(" AS k%d", i)
+	}
+	sql := fmt.Sprintf(`SELECT %s FROM (SELECT %s, row_number() OVER (ORDER BY %s) AS rn FROM %s) s WHERE rn %% %d = 0 ORDER BY rn`,
+		strings.Join(outs, ", "), strings.Join(cols, ", "), strings.Join(exprs, ", "), tm.rel.fromClause(), s.cfg.SnapshotChunkSize)
+	rows, err := conn.Query(ctx, sql)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: computing chunks of %s: %w", t.Table, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		b := make([]string, len(tm.chunkKey))
+		ptrs := make([]any, len(b))
+		for i := range b {
+			ptrs[i] = &b[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return nil, err
+		}
+		t.Bounds = append(t.Bounds, b)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("postgres: computing chunks of %s: %w", t.Table, err)
+	}
+	t.Read = make([]int, t.chunks())
+	if err := t.parse(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// chunkQuery builds the SELECT of one chunk and its arguments.
+func chunkQuery(tm *tableMeta, t *snapTable, c int) (string, []any) {
+	cols := make([]string, len(tm.table.Columns))
+	for i, col := range tm.table.Columns {
+		cols[i] = pgx.Identifier{col.Name}.Sanitize()
+	}
+	sql := "SELECT " + strings.Join(cols, ", ") + " FROM " + tm.rel.fromClause()
+	args := []any{pgx.QueryResultFormats{pgx.TextFormatCode}}
+	if len(t.Key) == 0 {
+		return sql, args
+	}
+	row := "ROW(" + strings.Join(keyExprs(tm), ", ") + ")"
+	param := func(b []string) string {
+		ps := make([]string, len(b))
+		for i, v := range b {
+			args = append(args, v)
+			p := "$" + strconv.Itoa(len(args)-1) + "::text"
+			switch t.Kinds[i] {
+			case kindInt:
+				p += "::int8"
+			case kindUUID:
+				p += "::uuid"
+			case kindText:
+				p += ` COLLATE "C"`
+			}
+			ps[i] = p
+		}
+		return "ROW(" + strings.Join(ps, ", ") + ")"
+	}
+	var conds []string
+	if c > 0 {
+		conds = append(conds, row+" > "+param(t.Bounds[c-1]))
+	}
+	if c < len(t.Bounds) {
+		conds = append(conds, row+" <= "+param(t.Bounds[c]))
+	}
+	if len(conds) > 0 {
+		sql += " WHERE " + strings.Join(conds, " AND ")
+	}
+	return sql, args
+}
+
+// chunkOut is a chunk handed from a worker to the emitting goroutine: its
+// rows, and when it outgrew the buffer, a channel with the rest.
+type chunkOut struct {
+	stb   *snapTable
+	chunk int
+	rows  []*event.Change
+	more  chan []*event.Change // nil when rows is the whole chunk
+	err   error                // set before more is closed
+}
+
+func (o *chunkOut) emit(ctx context.Context, em capture.Emitter) error {
+	for _, c := range o.rows {
+		if err := em.Emit(ctx, c); err != nil {
+			return err
+		}
+	}
+	if o.more == nil {
+		return nil
+	}
+	for batch := range o.more {
+		for _, c := range batch {
+			if err := em.Emit(ctx, c); err != nil {
+				// Unblock the worker: it stops at ctx cancellation.
+				return err
+			}
+		}
+	}
+	return o.err
+}
+
+// readChunk reads chunk c of a table in conn's snapshot and hands it to the
+// emitting goroutine.
+func (s *Source) readChunk(ctx context.Context, conn *pgx.Conn, st *snapState, tm *tableMeta, t *snapTable, c int, point pglogrepl.LSN, outs chan<- *chunkOut) error {
+	sql, args := chunkQuery(tm, t, c)
+	rows, err := conn.Query(ctx, sql, args...)
+	if err != nil {
+		return fmt.Errorf("postgres: snapshot of %s chunk %d: %w", t.Table, c, err)
+	}
+	defer rows.Close()
+	pos := "snapshot:" + st.ID
+	srcFields := []event.Field{{Name: "lsn", Value: uint64(point)}}
+	out := &chunkOut{stb: t, chunk: c}
+	var batch []*event.Change
+	var n int64
+	send := func(o *chunkOut) error {
+		select {
+		case outs <- o:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for rows.Next() {
+		raw := rows.RawValues()
+		vals := make([]event.Value, len(raw))
+		for i, b := range raw {
+			if b == nil {
+				continue
+			}
+			v, err := tm.decs[i](b)
+			if err != nil {
+				return fmt.Errorf("postgres: snapshot of %s.%s (%s): %w", t.Table, tm.table.Columns[i].Name, tm.table.Columns[i].Type, err)
+			}
+			vals[i] = v
+		}
+		ch := &event.Change{
+			Op: event.OpRead, Table: tm.table, After: vals, Commit: st.Started,
+			Pos: pos, Index: n, TableIndex: n + 1, Snapshot: true, SourceFields: srcFields,
+		}
+		n++
+		if out.more == nil {
+			out.rows = append(out.rows, ch)
+			if len(out.rows) >= maxBufferedRows {
+				out.more = make(chan []*event.Change, 1)
+				if err := send(out); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		batch = append(batch, ch)
+		if len(batch) >= 512 {
+			select {
+			case out.more <- batch:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			batch = nil
+		}
+	}
+	err = rows.Err()
+	if err != nil {
+		err = fmt.Errorf("postgres: snapshot of %s chunk %d: %w", t.Table, c, err)
+	}
+	if out.more == nil {
+		if err != nil {
+			return err
+		}
+		return send(out)
+	}
+	if err == nil && len(batch) > 0 {
+		select {
+		case out.more <- batch:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	out.err = err
+	close(out.more)
+	if err != nil {
+		return err
+	}
+	return nil
+}
