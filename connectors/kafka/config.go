@@ -30,7 +30,7 @@ const (
 // Limits of max_message_bytes: what franz-go accepts as a record batch size.
 const (
 	minMessageBytes = 512
-	maxMessageBytes = 1 << 30
+	maxMessageBytes = 1<<30 - 1<<20 // leaves room for the produce request around a batch
 )
 
 // Config is the configuration block of a target of type kafka
@@ -144,8 +144,13 @@ func parse(env target.Env) (*settings, error) {
 	if !c.Has("tls") {
 		cfg.TLS.Enabled = false
 	}
-	if cfg.MaxMessageBytes == 0 && !c.Has("max_message_bytes") {
-		cfg.MaxMessageBytes = config.DefaultMaxMessageBytes
+	if !c.Has("max_message_bytes") {
+		// The pipeline's kafka.max_message_bytes, within what the client
+		// accepts.
+		if cfg.MaxMessageBytes == 0 {
+			cfg.MaxMessageBytes = config.DefaultMaxMessageBytes
+		}
+		cfg.MaxMessageBytes = min(max(cfg.MaxMessageBytes, minMessageBytes), maxMessageBytes)
 	}
 
 	var errs config.ErrorList
@@ -336,37 +341,21 @@ func (s *settings) checkTopic(topic string) error {
 	return nil
 }
 
-// errEmbedded is returned (as Permanent) by Open for a target without
-// brokers on a pipeline that runs the embedded broker, until the runtime
-// hands targets the pipeline's client settings.
-var errEmbedded = errors.New("the pipeline uses the embedded broker, whose address this target cannot learn yet: " +
-	"set the target's brokers to the embedded broker's address (kafka.embedded.listen)")
+// errEmbedded is returned (as Permanent) by Open when the target has no
+// brokers and the runtime did not pass the pipeline's client settings
+// (only a target built outside a running pipeline, as in tests).
+var errEmbedded = errors.New("the target has no brokers and the pipeline's own Kafka client settings were not provided")
 
-// pipelineClient returns the settings of the pipeline's own cluster: its
-// brokers, kafka.tls and kafka.sasl (as runtime.ClientConfig maps them),
-// with the target's compression.
-//
-// TODO(lead): with the embedded broker the address is only known at run
-// time (the port may move). When target.Env carries the pipeline's
-// kafka.ClientConfig, return that here (with Compression replaced).
+// pipelineClient returns the settings of the pipeline's own cluster, as
+// the runtime resolved them (the embedded broker's actual address, or
+// kafka.brokers with kafka.tls and kafka.sasl), with the target's
+// compression.
 func pipelineClient(env target.Env, compression string) (plumekafka.ClientConfig, error) {
-	p := env.Pipeline
-	if p.Embedded() {
+	if len(env.Kafka.Brokers) == 0 {
 		return plumekafka.ClientConfig{}, errEmbedded
 	}
-	cc := plumekafka.ClientConfig{
-		Brokers:       slices.Clone(p.Kafka.Brokers),
-		Compression:   compression,
-		SASLMechanism: p.Kafka.SASL.Mechanism,
-		SASLUser:      p.Kafka.SASL.Username,
-		SASLPassword:  p.Kafka.SASL.Password.Reveal(),
-	}
-	if p.Kafka.TLS.Enabled {
-		tc, err := p.Kafka.TLS.TLS.ClientConfig()
-		if err != nil {
-			return cc, fmt.Errorf("kafka.tls: %w", err)
-		}
-		cc.TLS = tc
-	}
+	cc := env.Kafka
+	cc.Brokers = slices.Clone(cc.Brokers)
+	cc.Compression = compression
 	return cc, nil
 }

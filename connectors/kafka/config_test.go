@@ -3,6 +3,7 @@ package kafka
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -139,14 +140,14 @@ func TestFactoryDoesNotConnect(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("factory took %v", d)
 	}
-	if !contains(target.Types(), "kafka") {
+	if !slices.Contains(target.Types(), "kafka") {
 		t.Fatalf("kafka not registered: %v", target.Types())
 	}
 }
 
-// TestEmbeddedBrokerNeedsRuntimeSupport: without brokers on a pipeline that
-// runs the embedded broker, the factory accepts the target (validate
-// passes) and Open fails permanently with an explanation.
+// TestEmbeddedBrokerNeedsRuntimeSupport: without brokers, and without the
+// pipeline's client settings from the runtime, the factory accepts the
+// target (validate passes) and Open fails permanently with an explanation.
 func TestEmbeddedBrokerNeedsRuntimeSupport(t *testing.T) {
 	tg, err := build(t, parsePipeline(t, nil, "    type: kafka\n    topic: erp.products\n"))
 	if err != nil {

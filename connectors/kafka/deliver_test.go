@@ -57,6 +57,9 @@ func produceInput(t *testing.T, brokers []string, in *input) {
 func deliver(t *testing.T, brokers []string, store *memStore) (stop func() error) {
 	t.Helper()
 	tg := mustTarget(t, brokers, "    topic: erp.products\n")
+	// A produce error refreshes metadata first; by default at most every
+	// 5s, which would make this test slow.
+	tg.clientOpts = []kgo.Opt{kgo.MetadataMinAge(50 * time.Millisecond)}
 	cfg := target.DeliveryConfig{
 		Pipeline:   "shop",
 		Target:     "out",
@@ -65,7 +68,7 @@ func deliver(t *testing.T, brokers []string, store *memStore) (stop func() error
 		TopicRegex: `^shop\..*`,
 		// The offsets topic is under the topic prefix: the runtime must
 		// exclude it like the checkpoint and DLQ topics.
-		ExcludeTopics:  []string{tg.set.offsetsTopic},
+		ExcludeTopics:  tg.InternalTopics(),
 		BatchMaxEvents: 25,
 		BatchLinger:    10 * time.Millisecond,
 		RetryMin:       5 * time.Millisecond,

@@ -89,7 +89,7 @@ func build(t testing.TB, p *config.Pipeline) (*Target, error) {
 	return tg.(*Target), nil
 }
 
-// newTarget builds the target "out" writing to the pipeline's own cluster
+// mustTarget builds the target "out" writing to the pipeline's own cluster
 // at brokers, with the given target keys (indented by 4). It is closed at
 // cleanup.
 func mustTarget(t testing.TB, brokers []string, keys string) *Target {

@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -103,6 +103,8 @@ type Target struct {
 	// before the commit. An error aborts; errCrash leaves the transaction
 	// open, as a process that dies there would.
 	beforeCommit func() error
+	// clientOpts (tests) are added to the producer's options.
+	clientOpts []kgo.Opt
 	// afterCommit, when set (tests), runs after a successful commit; an
 	// error is returned as if the commit's reply had been lost.
 	afterCommit func() error
@@ -161,6 +163,7 @@ func (t *Target) open(ctx context.Context) error {
 	if int64(t.set.maxBytes)+1<<20 > 100<<20 {
 		opts = append(opts, kgo.BrokerMaxWriteBytes(t.set.maxBytes+1<<20))
 	}
+	opts = append(opts, t.clientOpts...)
 	cl, err := kgo.NewClient(append(opts,
 		kgo.TransactionalID(t.set.txnID),
 		kgo.TransactionTimeout(transactionTimeout),
@@ -170,7 +173,6 @@ func (t *Target) open(ctx context.Context) error {
 		// a record that alone exceeds it fails locally with
 		// kerr.MessageTooLarge (and is dead-lettered).
 		kgo.ProducerBatchMaxBytesFn(t.batchLimit),
-		kgo.WithLogger(kgo.BasicLogger(os.Stderr, kgo.LogLevelInfo, func() string { return time.Now().Format("05.000 ") })),
 	)...)
 	if err != nil {
 		return target.Permanent(t.wrap("kafka client", err))
@@ -332,7 +334,7 @@ func (t *Target) Apply(ctx context.Context, b *target.Batch) error {
 			failed[i] = err
 			continue
 		}
-		if !t.topics[rec.Topic] && !contains(newTop, rec.Topic) {
+		if !t.topics[rec.Topic] && !slices.Contains(newTop, rec.Topic) {
 			newTop = append(newTop, rec.Topic)
 		}
 		recs = append(recs, rec)
@@ -365,8 +367,12 @@ func (t *Target) Apply(ctx context.Context, b *target.Batch) error {
 	t.inTxn = true
 	pctx, cancel := context.WithTimeout(ctx, produceTimeout)
 	defer cancel()
-	var mu sync.Mutex
-	errs := make([]error, len(recs)+1) // the last is the offsets record's
+	var (
+		mu      sync.Mutex
+		errs    = make([]error, len(recs)+1) // the last is the offsets record's
+		pending sync.WaitGroup
+	)
+	pending.Add(len(recs) + 1)
 	promise := func(j int) func(*kgo.Record, error) {
 		return func(_ *kgo.Record, err error) {
 			if err != nil {
@@ -374,6 +380,7 @@ func (t *Target) Apply(ctx context.Context, b *target.Batch) error {
 				errs[j] = err
 				mu.Unlock()
 			}
+			pending.Done()
 		}
 	}
 	for j, rec := range recs {
@@ -382,8 +389,17 @@ func (t *Target) Apply(ctx context.Context, b *target.Batch) error {
 	t.cl.Produce(pctx, &kgo.Record{Topic: t.set.offsetsTopic, Key: offsetsKey, Value: value}, promise(len(recs)))
 	flushErr := t.cl.Flush(pctx)
 	if flushErr != nil {
-		// Abort fails what is still buffered; then every promise has run.
+		// Abort fails what is still buffered.
 		t.abort()
+	}
+	// Flush does not wait for the promises of records failed before they
+	// were buffered (a record too large fails at once, asynchronously):
+	// wait for every promise, or a failed record could go unnoticed and
+	// its offset be committed.
+	if !waitGroup(&pending, endTimeout) {
+		t.abort()
+		t.broken = true
+		return t.errorf("produce: records still unresolved %v after the flush", endTimeout)
 	}
 	mu.Lock()
 	var first error
@@ -520,6 +536,25 @@ func (t *Target) batchLimit(topic string) int32 {
 	return t.set.maxBytes
 }
 
+// waitGroup waits for wg, at most d; it reports whether wg finished.
+func waitGroup(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return true
+	case <-timer.C:
+		return false
+	}
+}
+
+// InternalTopics returns the topics the target keeps its own state in (the
+// offsets topic). On the pipeline's own cluster it is under the topic
+// prefix, so no delivery loop of the pipeline may consume it.
+func (t *Target) InternalTopics() []string { return []string{t.set.offsetsTopic} }
+
 // Close aborts an open transaction and closes the client.
 func (t *Target) Close() error {
 	t.closeClient()
@@ -616,15 +651,6 @@ func isConfigError(err error) bool {
 		kerr.InvalidConfig, kerr.PolicyViolation, kerr.InvalidTopicException, kerr.InvalidTransactionTimeout,
 	} {
 		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
-}
-
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
 			return true
 		}
 	}

@@ -173,12 +173,30 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		}
 		defer dlqClient.Close()
 		dlq := target.NewDLQ(dlqClient, p.Cfg.DLQTopic())
+		// Build every target first: their internal topics are excluded from
+		// every delivery loop.
+		targets := map[string]target.Target{}
+		exclude := []string{p.Cfg.CheckpointTopic(), p.Cfg.DLQTopic()}
 		for _, name := range p.Cfg.TargetNames() {
+			log := p.Log.With("stage", "deliver", "target", name)
+			t, err := target.New(ctx, target.Env{Pipeline: p.Cfg, Name: name, Config: p.Cfg.Targets[name], Log: log, Kafka: p.Client})
+			if err != nil {
+				cancel(err)
+				wg.Wait()
+				return err
+			}
+			targets[name] = t
+			if it, ok := t.(target.InternalTopics); ok {
+				exclude = append(exclude, it.InternalTopics()...)
+			}
 			p.TargetStats[name] = &target.DeliveryStats{}
 		}
 		for _, name := range p.Cfg.TargetNames() {
 			wg.Add(1)
-			go func() { defer wg.Done(); fail(p.runTarget(ctx, name, dlq, p.TargetStats[name])) }()
+			go func() {
+				defer wg.Done()
+				fail(p.runTarget(ctx, name, targets[name], exclude, dlq, p.TargetStats[name]))
+			}()
 		}
 	}
 	wg.Wait()
@@ -256,19 +274,15 @@ func (p *Pipeline) captureConfig() capture.Config {
 	}
 }
 
-func (p *Pipeline) runTarget(ctx context.Context, name string, dlq *target.DLQ, stats *target.DeliveryStats) error {
+func (p *Pipeline) runTarget(ctx context.Context, name string, t target.Target, exclude []string, dlq *target.DLQ, stats *target.DeliveryStats) error {
 	log := p.Log.With("stage", "deliver", "target", name)
-	t, err := target.New(ctx, target.Env{Pipeline: p.Cfg, Name: name, Config: p.Cfg.Targets[name], Log: log})
-	if err != nil {
-		return err
-	}
 	cfg := target.DeliveryConfig{
 		Pipeline:      p.Cfg.Name,
 		Target:        name,
 		Client:        p.Client,
 		Group:         p.Cfg.ConsumerGroup(name),
 		TopicRegex:    "^" + regexp.QuoteMeta(p.Cfg.TopicPrefix()+".") + ".*",
-		ExcludeTopics: []string{p.Cfg.CheckpointTopic(), p.Cfg.DLQTopic()},
+		ExcludeTopics: exclude,
 	}
 	return target.Deliver(ctx, cfg, t, routerAdapter{p.Router.ForTarget(name)}, p.Store, dlq, stats, log)
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/plumecdc/plume/pkg/config"
 	"github.com/plumecdc/plume/pkg/event"
+	"github.com/plumecdc/plume/pkg/kafka"
 )
 
 // Message is one routed change bound for a target.
@@ -118,6 +119,17 @@ type Env struct {
 	Name     string        // the target's name in the config
 	Config   config.Target // decode with Config.Decode(&yourStruct)
 	Log      *slog.Logger
+	// Kafka is the pipeline's own Kafka client settings, with the embedded
+	// broker's actual address. It is zero when the target is built without
+	// running the pipeline (plume validate).
+	Kafka kafka.ClientConfig
+}
+
+// InternalTopics is implemented by targets that keep topics of their own
+// under the pipeline's topic prefix (the kafka target's offsets topic);
+// no delivery loop consumes them.
+type InternalTopics interface {
+	InternalTopics() []string
 }
 
 var (
