@@ -138,12 +138,10 @@ func TestMissingTableAndBadConfig(t *testing.T) {
 // wal_level = replica.
 func TestWALLevelNotLogical(t *testing.T) {
 	pg := testharness.NewPostgres(t)
-	pg.Exec(t, "postgres", `ALTER SYSTEM SET wal_level = replica`)
+	pg.SetServerOption("wal_level", "replica")
 	pg.Restart(t)
-	if lvl := pg.QueryValue(t, "postgres", `SELECT current_setting('wal_level')`); lvl == "logical" {
-		// The harness starts PostgreSQL with -c wal_level=logical, which
-		// overrides ALTER SYSTEM; it has no way to start a server otherwise.
-		t.Skip("testharness cannot start PostgreSQL with wal_level=replica (its command line forces logical)")
+	if lvl := pg.QueryValue(t, "postgres", `SELECT current_setting('wal_level')`); lvl != "replica" {
+		t.Fatalf("wal_level is %q after the restart", lvl)
 	}
 	pg.Exec(t, "postgres", `CREATE TABLE t (id int PRIMARY KEY)`)
 	err := runOnce(t, testConfig(pg, "postgres", "wal-level", "public.t"), nil)

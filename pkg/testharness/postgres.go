@@ -43,6 +43,8 @@ type PG struct {
 	cred   *syscall.Credential // nil when not running as root
 	proc   *proc
 	closed bool
+	// options are extra server settings (SetServerOption).
+	options map[string]string
 }
 
 var sharedPG struct {
@@ -70,6 +72,19 @@ func Postgres(t testing.TB) *PG {
 		unavailable(t, "PostgreSQL", err)
 	}
 	return sharedPG.pg
+}
+
+// SetServerOption overrides a server setting (as `-c name=value` on the
+// command line, after the harness's own) from the next Start or Restart
+// on. Use it on a dedicated server (NewPostgres), e.g. to start one with
+// wal_level=replica.
+func (p *PG) SetServerOption(name, value string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.options == nil {
+		p.options = map[string]string{}
+	}
+	p.options[name] = value
 }
 
 // NewPostgres starts a PostgreSQL server dedicated to t and removes it at
@@ -201,6 +216,9 @@ func (p *PG) startLocked() error {
 		"-c", "full_page_writes=off",
 		"-c", "log_line_prefix=%m [%p] %d ",
 	)
+	for _, name := range sortedKeys(p.options) {
+		cmd.Args = append(cmd.Args, "-c", name+"="+p.options[name])
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred}
 	cmd.Env = pgEnv()
 	proc, err := startServer("PostgreSQL", cmd, p.LogPath, 60*time.Second, p.ping)
