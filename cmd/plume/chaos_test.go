@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -110,26 +111,39 @@ kafka:
 		return testharness.StartProcess(t, bin, "run", "-c", cfgPath, "--stage", "capture")
 	}
 
-	// The writer runs while plume is killed and restarted.
+	// The writer runs while plume is killed and restarted. Phase A runs
+	// during the initial snapshot (its changes may be folded into snapshot
+	// rows, so only the final state and uniqueness check them). Phase B
+	// starts once a snapshot has completed: every one of its transactions
+	// must appear in Kafka whole, and it makes at least chaosMinChanges.
 	type txnRec struct {
 		txid string
 		rows int64
 	}
-	var txns []txnRec
-	nextID := int64(chaosInitialRows + 1)
-	changes := int64(0)
-	writerDone := make(chan struct{})
-	stopWriter := make(chan struct{})
-	writerRng := rand.New(rand.NewPCG(rng.Uint64(), 11))
+	var (
+		phaseB        []txnRec
+		changesB      int64
+		snapshotDone  atomic.Bool
+		nextID        = int64(chaosInitialRows + 1)
+		writerDone    = make(chan struct{})
+		stopWriter    = make(chan struct{})
+		writerRng     = rand.New(rand.NewPCG(rng.Uint64(), 11))
+		writerStarted = time.Now()
+	)
 	go func() {
 		defer close(writerDone)
 		rng := writerRng // the writer's own
-		deadline := time.Now().Add(6 * time.Minute)
-		for n := 0; changes < chaosMinChanges && time.Now().Before(deadline); n++ {
+		deadline := time.Now().Add(8 * time.Minute)
+		for n := 0; changesB < chaosMinChanges && time.Now().Before(deadline); n++ {
 			select {
 			case <-stopWriter:
 				return
 			default:
+			}
+			inB := snapshotDone.Load()
+			if inB {
+				// Spread phase B over about a minute so the kills land in it.
+				time.Sleep(time.Duration(rng.IntN(20)) * time.Millisecond)
 			}
 			var stmts []string
 			tbl := fmt.Sprintf("t%d", rng.IntN(chaosTables))
@@ -159,18 +173,27 @@ kafka:
 				nextID++
 			}
 			txid, affected := src.txn(stmts)
-			if affected > 0 {
-				txns = append(txns, txnRec{txid, affected})
-				changes += affected
+			if inB && affected > 0 {
+				phaseB = append(phaseB, txnRec{txid, affected})
+				changesB += affected
 			}
 		}
 	}()
 
-	// Kill plume at random moments; the first kill lands in the snapshot.
+	// Kill plume at random moments: the first during the initial snapshot,
+	// the others while phase B streams.
 	proc := start()
-	time.Sleep(time.Duration(300+rng.IntN(700)) * time.Millisecond)
-	snapshotKill := !strings.Contains(proc.Output(), "snapshot done")
-	for k := 0; k < chaosKills; k++ {
+	for !strings.Contains(proc.Output(), "msg=snapshot ") && !strings.Contains(proc.Output(), "snapshot starting") {
+		if proc.Exited() || time.Since(writerStarted) > time.Minute {
+			t.Fatalf("the snapshot did not start:\n%s", tail(proc.Output(), 30))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(time.Duration(200+rng.IntN(400)) * time.Millisecond)
+	if strings.Contains(proc.Output(), "snapshot done") {
+		t.Fatalf("the snapshot finished before the first kill; make it larger")
+	}
+	kill := func() {
 		if proc.Exited() {
 			t.Fatalf("plume exited by itself:\n%s", tail(proc.Output(), 30))
 		}
@@ -179,22 +202,29 @@ kafka:
 		}
 		_ = proc.Wait()
 		proc = start()
-		time.Sleep(time.Duration(1000+rng.IntN(4000)) * time.Millisecond)
 	}
-	t.Logf("first kill during the snapshot: %v (by log)", snapshotKill)
+	kill()
+	if !proc.WaitOutput("snapshot done", 3*time.Minute) {
+		t.Fatalf("the resumed snapshot did not finish:\n%s", tail(proc.Output(), 30))
+	}
+	snapshotDone.Store(true)
+	for k := 1; k < chaosKills; k++ {
+		time.Sleep(time.Duration(2000+rng.IntN(6000)) * time.Millisecond)
+		kill()
+	}
 	select {
 	case <-writerDone:
-	case <-time.After(8 * time.Minute):
+	case <-time.After(9 * time.Minute):
 		close(stopWriter)
 		<-writerDone
 	}
-	if changes < chaosMinChanges {
-		t.Fatalf("writer made only %d changes", changes)
+	if changesB < chaosMinChanges {
+		t.Fatalf("writer made only %d changes after the snapshot", changesB)
 	}
-	t.Logf("writer: %d changes in %d transactions", changes, len(txns))
+	t.Logf("writer: %d changes in %d transactions after the snapshot (%v in all)", changesB, len(phaseB), time.Since(writerStarted).Round(time.Second))
 
-	// Wait until every change is in Kafka, then stop plume cleanly.
-	expected := int64(chaosTables*chaosInitialRows) + changes
+	// Wait until every change is in Kafka (the final state replays), then
+	// stop plume cleanly.
 	topics := make([]string, chaosTables)
 	for i := range topics {
 		topics[i] = fmt.Sprintf("%s.%s.t%d", prefix, topicDB(kind, src), i)
@@ -203,7 +233,7 @@ kafka:
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
 		got = readChaos(t, brokers, topics)
-		if int64(len(got.ids)) >= expected || time.Now().After(deadline) {
+		if caughtUp(src, got, topics) || time.Now().After(deadline) {
 			break
 		}
 		if proc.Exited() {
@@ -215,7 +245,8 @@ kafka:
 		t.Errorf("clean stop: %v", err)
 	}
 
-	// Exactly once.
+	// Exactly once: no id twice, and every phase-B transaction whole, with
+	// no gap in its row indexes.
 	dups := 0
 	for id, n := range got.ids {
 		if n > 1 {
@@ -225,17 +256,21 @@ kafka:
 			}
 		}
 	}
-	if int64(len(got.ids)) != expected {
-		t.Errorf("Kafka holds %d distinct changes, want %d", len(got.ids), expected)
-	}
-	if got.reads != int64(chaosTables*chaosInitialRows) {
-		t.Errorf("snapshot rows in Kafka: %d, want %d", got.reads, chaosTables*chaosInitialRows)
-	}
-	// Whole transactions.
-	for _, tx := range txns {
-		if n := got.perTxn[tx.txid]; int64(n) != tx.rows {
+	var streamedB int64
+	for _, tx := range phaseB {
+		n := got.perTxn[tx.txid]
+		streamedB += int64(n)
+		if int64(n) != tx.rows {
 			t.Errorf("transaction %s: %d rows in Kafka, want %d", tx.txid, n, tx.rows)
+		} else if gaps := got.indexGaps(tx.txid); gaps != "" {
+			t.Errorf("transaction %s: %s", tx.txid, gaps)
 		}
+	}
+	if streamedB != changesB {
+		t.Errorf("phase B: %d changes in Kafka, want %d", streamedB, changesB)
+	}
+	if got.reads < int64(chaosTables*chaosInitialRows) {
+		t.Errorf("snapshot rows in Kafka: %d, want at least %d", got.reads, chaosTables*chaosInitialRows)
 	}
 	// Per-key order.
 	if got.orderViolations > 0 {
@@ -249,7 +284,7 @@ kafka:
 			t.Errorf("table t%d replayed from %s differs from the source: %s", i, topic, diff)
 		}
 	}
-	t.Logf("verified %d changes (%d snapshot rows), %d transactions, %d kills", len(got.ids), got.reads, len(txns), chaosKills)
+	t.Logf("verified %d changes (%d snapshot rows), %d phase-B transactions, %d kills", len(got.ids), got.reads, len(phaseB), chaosKills)
 }
 
 func topicDB(kind string, src chaosDB) string {
@@ -269,6 +304,7 @@ func seriesSQL(kind string, from, to int) string {
 type chaosRead struct {
 	ids             map[string]int
 	perTxn          map[string]int
+	indexes         map[string][]int64 // txid -> row indexes seen
 	reads           int64
 	orderViolations int
 	state           map[string]map[string]string // topic -> id -> v
@@ -280,7 +316,7 @@ func readChaos(t *testing.T, brokers []string, topics []string) *chaosRead {
 	t.Helper()
 	cl := testharness.KafkaClient(t, brokers, kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumeTopics(topics...), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	r := &chaosRead{ids: map[string]int{}, perTxn: map[string]int{}, state: map[string]map[string]string{}}
+	r := &chaosRead{ids: map[string]int{}, perTxn: map[string]int{}, indexes: map[string][]int64{}, state: map[string]map[string]string{}}
 	last := map[string]string{} // topic/key -> last stream position seen
 	deadline := time.Now().Add(3 * time.Minute)
 	for empty := 0; empty < 2 && time.Now().Before(deadline); {
@@ -315,9 +351,12 @@ func readChaos(t *testing.T, brokers []string, topics []string) *chaosRead {
 				if env.Op == "r" {
 					r.reads++
 				} else {
-					r.perTxn[rx.Extensions["txid"]]++
-					kk := rec.Topic + "/" + string(rec.Key)
+					txid := rx.Extensions["txid"]
+					r.perTxn[txid]++
 					pos := rx.ID
+					_, idx := splitID(pos)
+					r.indexes[txid] = append(r.indexes[txid], idx)
+					kk := rec.Topic + "/" + string(rec.Key)
 					if prev, ok := last[kk]; ok && !positionLess(prev, pos) {
 						r.orderViolations++
 					}
@@ -338,6 +377,36 @@ func readChaos(t *testing.T, brokers []string, topics []string) *chaosRead {
 		})
 	}
 	return r
+}
+
+// indexGaps reports a transaction whose row indexes are not exactly
+// 0..n-1 (a lost or repeated row).
+func (r *chaosRead) indexGaps(txid string) string {
+	idx := append([]int64(nil), r.indexes[txid]...)
+	sort.Slice(idx, func(i, j int) bool { return idx[i] < idx[j] })
+	for i, x := range idx {
+		if x != int64(i) {
+			return fmt.Sprintf("row indexes %v... are not 0..%d", head64(idx), len(idx)-1)
+		}
+	}
+	return ""
+}
+
+func head64(s []int64) []int64 {
+	if len(s) > 8 {
+		return s[:8]
+	}
+	return s
+}
+
+// caughtUp reports whether the replayed topics equal the source tables.
+func caughtUp(src chaosDB, got *chaosRead, topics []string) bool {
+	for i, topic := range topics {
+		if diffStates(src.state(fmt.Sprintf("t%d", i)), got.state[topic]) != "" {
+			return false
+		}
+	}
+	return true
 }
 
 // positionLess orders stream change ids: "<pos>/<index>", where pos is
@@ -490,7 +559,9 @@ func (m *myChaos) txn(stmts []string) (string, int64) {
 		n += m.exec(s)
 	}
 	m.exec("COMMIT")
-	r, err := m.conn.Execute("SELECT @@last_gtid")
+	// The writer is the only client writing to the server, so the binlog's
+	// newest GTID is this transaction's.
+	r, err := m.conn.Execute("SELECT @@gtid_binlog_pos")
 	if err != nil {
 		panic(err)
 	}
