@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	// Connectors register themselves with the source and target registries.
+	_ "github.com/plumecdc/plume/connectors/http"
 	_ "github.com/plumecdc/plume/connectors/kafka"
 	_ "github.com/plumecdc/plume/connectors/mysql"
 	_ "github.com/plumecdc/plume/connectors/postgres"

@@ -281,14 +281,14 @@ func (s *tokenSource) fetch(ctx context.Context, style authStyle) (tok string, t
 	if code < 200 || code > 299 {
 		msg := fmt.Sprintf("OAuth2 token request to %s: HTTP %d %s", s.origin, code, nethttp.StatusText(code))
 		if tr.Error != "" {
-			msg += ": " + tr.Error
+			msg += ": " + snippet(s.red, []byte(tr.Error))
 			if tr.ErrorDesc != "" {
-				msg += ": " + tr.ErrorDesc
+				msg += ": " + snippet(s.red, []byte(tr.ErrorDesc))
 			}
-		} else if snip := snippet(raw); snip != "" {
+		} else if snip := snippet(s.red, raw); snip != "" {
 			msg += ": " + snip
 		}
-		err := errors.New(s.red.scrub(msg))
+		err := errors.New(msg)
 		if retryableStatus(code) {
 			return "", 0, code, err
 		}

@@ -2,6 +2,7 @@ package http
 
 import (
 	"context"
+	"strings"
 
 	"github.com/plumecdc/plume/pkg/target"
 )
@@ -21,6 +22,7 @@ func factory(_ context.Context, env target.Env) (target.Target, error) {
 	}
 	c := env.Config
 	return newTarget(cfg, env.Name, dir, env.Log, func(top, key, format string, args ...any) error {
-		return c.PosOf(top).Errorf(c.Key(key), format, args...)
+		// key is top or a path below it ("auth.basic.username").
+		return c.PosOf(top).Errorf(c.Key(top)+strings.TrimPrefix(key, top), format, args...)
 	})
 }

@@ -42,6 +42,11 @@ type request struct {
 // maxSnippet is how much of an error response's body an error quotes.
 const maxSnippet = 512
 
+// snippetRead is how much of an error response's body is read: more than
+// is quoted, so that a secret echoed across the cut is redacted whole
+// before the text is cut.
+const snippetRead = maxSnippet + 16<<10
+
 // maxRetryAfter bounds how long a Retry-After header makes Apply wait.
 const maxRetryAfter = 5 * time.Minute
 
@@ -73,26 +78,26 @@ func (t *Target) send(ctx context.Context, rq *request) result {
 				refreshed = true
 				continue
 			}
-			msg := t.statusError(code, body)
+			note := "the receiver refuses the credentials"
 			if refreshed {
-				msg += " (after refreshing the OAuth2 token)"
+				note = "after refreshing the OAuth2 token, " + note
 			}
-			return result{kind: permanent, err: errors.New(msg + ": the receiver refuses the credentials")}
+			return result{kind: permanent, err: errors.New(t.statusError(code, note, body))}
 		case retryableStatus(code):
 			r := result{kind: retryable}
-			msg := t.statusError(code, body)
+			note := ""
 			if code == nethttp.StatusTooManyRequests || code == nethttp.StatusServiceUnavailable {
 				if d, ok := parseRetryAfter(hdr.Get("Retry-After"), time.Now()); ok {
 					r.retryAfter = min(d, maxRetryAfter)
-					msg += fmt.Sprintf(" (Retry-After %s)", r.retryAfter.Round(time.Second))
+					note = "Retry-After " + r.retryAfter.Round(time.Second).String()
 				}
 			}
-			r.err = errors.New(msg)
+			r.err = errors.New(t.statusError(code, note, body))
 			return r
 		case code >= 400 && code <= 499:
-			return result{kind: poison, err: errors.New(t.statusError(code, body))}
+			return result{kind: poison, err: errors.New(t.statusError(code, "", body))}
 		default:
-			return result{kind: retryable, err: errors.New(t.statusError(code, body))}
+			return result{kind: retryable, err: errors.New(t.statusError(code, "", body))}
 		}
 	}
 }
@@ -134,37 +139,42 @@ func (t *Target) do(ctx context.Context, rq *request, authz string) (int, nethtt
 	defer resp.Body.Close()
 	var snip []byte
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		snip, _ = io.ReadAll(io.LimitReader(resp.Body, maxSnippet))
+		snip, _ = io.ReadAll(io.LimitReader(resp.Body, snippetRead))
 	}
 	// Drain a little so the connection can be reused.
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	return resp.StatusCode, resp.Header, snip, nil
 }
 
-// statusError describes an error response: status and the start of the
-// body, secrets scrubbed.
-func (t *Target) statusError(code int, body []byte) string {
+// statusError describes an error response: status, an optional note and
+// the start of the body, secrets scrubbed.
+func (t *Target) statusError(code int, note string, body []byte) string {
 	msg := fmt.Sprintf("HTTP %d", code)
 	if txt := nethttp.StatusText(code); txt != "" {
 		msg += " " + txt
 	}
 	msg += " from " + t.set.origin
-	if s := snippet(body); s != "" {
+	if note != "" {
+		msg += " (" + note + ")"
+	}
+	if s := snippet(t.red, body); s != "" {
 		msg += ": " + s
 	}
-	return t.red.scrub(msg)
+	return msg
 }
 
-// snippet is the first maxSnippet bytes of body as valid UTF-8 text.
-func snippet(body []byte) string {
-	if len(body) > maxSnippet {
-		body = body[:maxSnippet]
+// snippet is body as text, secrets redacted, cut to its first maxSnippet
+// bytes.
+func snippet(red *redactor, body []byte) string {
+	s := red.scrub(strings.ToValidUTF8(string(body), "\uFFFD"))
+	if len(s) > maxSnippet {
+		s = s[:maxSnippet]
+		// A multi-byte character cut at the end is dropped, not mangled.
+		for len(s) > 0 && !utf8.ValidString(s) {
+			s = s[:len(s)-1]
+		}
 	}
-	// A multi-byte character cut at the end is dropped, not mangled.
-	for i := 0; i < utf8.UTFMax && len(body) > 0 && !utf8.Valid(body); i++ {
-		body = body[:len(body)-1]
-	}
-	return strings.TrimSpace(strings.ToValidUTF8(string(body), "\uFFFD"))
+	return strings.TrimSpace(s)
 }
 
 // transportError describes a failed round trip without the request URL

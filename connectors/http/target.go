@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	nethttp "net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -102,8 +103,11 @@ func newTarget(cfg Config, name, dir string, log *slog.Logger, errf func(top, ke
 		t.header[h[0]] = []string{h[1]}
 		red.add(h[1], 8)
 	}
-	if set.url.Scheme == "http" && (set.auth.Bearer.IsSet() || set.auth.Basic != nil) {
+	if set.url.Scheme == "http" && (set.auth.Bearer.IsSet() || set.auth.Basic != nil || set.auth.OAuth2 != nil) {
 		log.Warn("http target sends credentials over plain http", "target", name, "origin", set.origin)
+	}
+	if o := set.auth.OAuth2; o != nil && strings.HasPrefix(strings.ToLower(strings.TrimSpace(o.TokenURL)), "http:") {
+		log.Warn("http target sends its OAuth2 client secret over plain http", "target", name)
 	}
 	return t, nil
 }
@@ -264,6 +268,10 @@ func (t *Target) forget() {
 // its own goroutine.
 func (t *Target) runSegment(ctx context.Context, r *run, items []*item) {
 	conc := min(t.set.concurrency, len(items))
+	if t.set.mode == ModeBatch {
+		// No more shards than requests: a small batch is one request.
+		conc = min(conc, (len(items)+t.set.maxBatch-1)/t.set.maxBatch)
+	}
 	if conc <= 1 {
 		t.runShard(ctx, r, items)
 		return

@@ -74,12 +74,28 @@ func (c *DeliveryConfig) defaults() {
 	}
 }
 
-// DeliveryStats counts a target's progress. Read with atomic loads.
+// DeliveryStats counts a target's progress and carries its pause switch.
+// Read with atomic loads.
 type DeliveryStats struct {
 	Delivered  atomic.Int64
 	DeadLetter atomic.Int64
 	Retries    atomic.Int64
 	Batches    atomic.Int64
+	// LastCheckpoint is when offsets were last saved (Unix ns).
+	LastCheckpoint atomic.Int64
+	// LastSourceTime is the source commit time (Unix ns) of the newest
+	// message in the last applied batch: now minus it is the target's lag.
+	LastSourceTime atomic.Int64
+	// FailingSince is when the current run of failed attempts began (Unix
+	// ns), 0 while the target works; LastError describes the last failure.
+	FailingSince atomic.Int64
+	LastError    atomic.Value // string
+	// Paused stops the loop between batches while true: nothing is polled,
+	// so the target's consumer falls behind and nothing else is affected.
+	Paused atomic.Bool
+	// BatchObserver, when set, observes each applied batch's size and
+	// apply latency.
+	BatchObserver func(size int, took time.Duration)
 }
 
 // Deliver runs one target's loop until ctx is done or the target fails
@@ -180,6 +196,13 @@ type deliverer struct {
 
 func (d *deliverer) loop(ctx context.Context) error {
 	for {
+		for d.stats.Paused.Load() {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
 		batch, dead, err := d.collect(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -267,6 +290,8 @@ func rawMessage(rec *kgo.Record) Message {
 // checkpoint (see the invariants on Deliver).
 func (d *deliverer) apply(ctx context.Context, b *Batch, dead []DeadLetter) error {
 	attempts := 0
+	start := time.Now()
+	var applied []Message // applied by a call that also rejected records
 	err := retry(ctx, d.cfg, d.stats, d.log, "apply", func() error {
 		attempts++
 		if len(dead) > 0 && d.dlq != nil {
@@ -294,6 +319,7 @@ func (d *deliverer) apply(ctx context.Context, b *Batch, dead []DeadLetter) erro
 			d.log.Warn("target rejected records; sending them to the dead-letter queue", "target", d.cfg.Target, "count", len(poison))
 			dead = poison
 			if re.Applied {
+				applied = rest
 				b.Messages = nil
 			} else {
 				b.Messages = rest
@@ -305,11 +331,25 @@ func (d *deliverer) apply(ctx context.Context, b *Batch, dead []DeadLetter) erro
 	if err != nil {
 		return err
 	}
-	d.stats.Delivered.Add(int64(len(b.Messages)))
+	applied = append(applied, b.Messages...)
+	d.stats.Delivered.Add(int64(len(applied)))
 	d.stats.Batches.Add(1)
+	if d.stats.BatchObserver != nil {
+		d.stats.BatchObserver(len(applied), time.Since(start))
+	}
+	var newest time.Time
+	for i := range applied {
+		if t := applied[i].Time; t.After(newest) {
+			newest = t
+		}
+	}
+	if !newest.IsZero() {
+		d.stats.LastSourceTime.Store(newest.UnixNano())
+	}
 	if err := d.store.SaveTargetOffsets(d.cfg.Target, b.Offsets); err != nil {
 		return fmt.Errorf("offset store: %w", err)
 	}
+	d.stats.LastCheckpoint.Store(time.Now().UnixNano())
 	// The group commit is for visibility and fail-over; Badger (or the
 	// target) already holds the truth, so a failure here is only logged.
 	offs := map[string]map[int32]kgo.EpochOffset{}
@@ -337,6 +377,7 @@ func retry(ctx context.Context, cfg DeliveryConfig, stats *DeliveryStats, log *s
 	for attempt := 1; ; attempt++ {
 		err := fn()
 		if err == nil {
+			stats.FailingSince.Store(0)
 			return nil
 		}
 		if errors.Is(err, errRetryNow) {
@@ -350,6 +391,8 @@ func retry(ctx context.Context, cfg DeliveryConfig, stats *DeliveryStats, log *s
 			return ctx.Err()
 		}
 		stats.Retries.Add(1)
+		stats.FailingSince.CompareAndSwap(0, time.Now().UnixNano())
+		stats.LastError.Store(err.Error())
 		wait := time.Duration(rand.Int64N(int64(backoff))) + backoff/2
 		log.Warn("target "+what+" failed; retrying", "target", cfg.Target, "attempt", attempt, "in", wait.Round(time.Millisecond), "err", err)
 		select {
