@@ -142,33 +142,37 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// topicIDs reads the data topic with read_committed and returns every
-// CloudEvents id in it, in order.
-func (e *e2e) topicIDs(topic string) []string {
+// records reads a topic with read_committed from the start.
+func (e *e2e) records(topic string) []*kgo.Record {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(e.brokerAddr), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().AtStart()}}))
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	defer cl.Close()
-	var ids []string
+	var out []*kgo.Record
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		fs := cl.PollFetches(ctx)
 		cancel()
-		n := 0
-		fs.EachRecord(func(r *kgo.Record) {
-			n++
-			for _, h := range r.Headers {
-				if h.Key == "ce_id" {
-					ids = append(ids, string(h.Value))
-				}
+		if fs.NumRecords() == 0 {
+			return out
+		}
+		out = append(out, fs.Records()...)
+	}
+}
+
+// topicIDs returns every CloudEvents id in a topic, in order.
+func (e *e2e) topicIDs(topic string) []string {
+	var ids []string
+	for _, r := range e.records(topic) {
+		for _, h := range r.Headers {
+			if h.Key == "ce_id" {
+				ids = append(ids, string(h.Value))
 			}
-		})
-		if n == 0 {
-			return ids
 		}
 	}
+	return ids
 }
 
 func TestEndToEndPostgresToERP(t *testing.T) {

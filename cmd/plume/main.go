@@ -33,6 +33,11 @@ func commands() []command {
 		{"run", "run a pipeline until SIGINT or SIGTERM", cmdRun},
 		{"validate", "check a pipeline file and compile its expressions", cmdValidate},
 		{"offsets", "list or reset the checkpoints of a pipeline's targets", cmdOffsets},
+		{"status", "show a running pipeline's status and lag", cmdStatus},
+		{"pause", "pause one target of a running pipeline", cmdPause},
+		{"resume", "resume a paused target", cmdResume},
+		{"snapshot", "snapshot one table again while streaming continues", cmdSnapshot},
+		{"source", "drop the replication slot and publication Plume created", cmdSource},
 		{"version", "print the version", cmdVersion},
 	}
 }

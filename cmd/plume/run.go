@@ -13,6 +13,7 @@ import (
 	"github.com/plumecdc/plume/pkg/capture"
 	"github.com/plumecdc/plume/pkg/config"
 	"github.com/plumecdc/plume/pkg/event"
+	"github.com/plumecdc/plume/pkg/ops"
 	"github.com/plumecdc/plume/pkg/runtime"
 )
 
@@ -52,9 +53,30 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	defer p.Close()
+	if cfg.Admin != nil || cfg.Metrics != nil {
+		m := ops.NewMetrics(p)
+		m.ObserveTargets(p)
+		token := ""
+		var addrs []string
+		if cfg.Metrics != nil {
+			addrs = append(addrs, cfg.Metrics.Listen)
+		}
+		if cfg.Admin != nil {
+			token = cfg.Admin.Token.Reveal()
+			addrs = append(addrs, cfg.Admin.Listen)
+		}
+		srv := ops.NewServer(p, m, token, log)
+		bound, err := srv.Listen(addrs...)
+		if err != nil {
+			log.Error("pipeline did not start", "err", err)
+			return 1
+		}
+		defer srv.Close()
+		log.Info("ops endpoints listening", "addrs", bound)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log.Info("pipeline running", "pipeline", cfg.Name, "stage", st, "source", cfg.Source.Type, "dsn", config.RedactDSN(string(cfg.Source.DSN)), "targets", cfg.TargetNames())
+	log.Info("pipeline running", "pipeline", cfg.Name, "stage", st, "source", cfg.Source.Type, "dsn", cfg.Source.DSN, "targets", cfg.TargetNames())
 	if err := p.Run(ctx); err != nil {
 		if errors.Is(err, capture.ErrFenced) {
 			log.Error("another instance of this pipeline took over; stopping", "err", err)

@@ -98,6 +98,17 @@ type Stats struct {
 	Events       atomic.Int64 // events committed to Kafka
 	Transactions atomic.Int64 // Kafka transactions committed
 	Aborted      atomic.Int64
+	// LastCommit is when the last Kafka transaction committed (Unix ns).
+	LastCommit atomic.Int64
+	// LastSourceCommit is the source commit time (Unix ns) of the newest
+	// event in the last committed Kafka transaction: now minus it is the
+	// source lag in seconds while changes flow.
+	LastSourceCommit atomic.Int64
+	// CommitLatency observes how long each Kafka commit (flush + EndTxn)
+	// took, when set.
+	CommitLatency func(time.Duration)
+	// Running is true while the source runs.
+	Running atomic.Bool
 }
 
 // Run captures src into Kafka until ctx is done or something fails.
@@ -161,7 +172,9 @@ func Run(ctx context.Context, cfg Config, src Source, mirror Mirror, stats *Stat
 	lingerDone := make(chan struct{})
 	go func() { defer close(lingerDone); p.lingerLoop(runCtx) }()
 
+	stats.Running.Store(true)
 	srcErr := src.Run(runCtx, from, p)
+	stats.Running.Store(false)
 	cancel(srcErr)
 	<-lingerDone
 

@@ -56,6 +56,7 @@ type producer struct {
 	txnStart    time.Time // when the open Kafka transaction began
 	txnEvents   int       // events in the open Kafka transaction
 	pending     []byte    // checkpoint of the last complete source txn in it
+	newest      time.Time // newest source commit time in the open transaction
 	err         error     // first failure; sticky
 
 	produceErr   error
@@ -95,6 +96,9 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 	}
 	p.produce(rec)
 	p.txnEvents++
+	if c.Commit.After(p.newest) {
+		p.newest = c.Commit
+	}
 	if c.Op == event.OpDelete && p.cfg.Tombstones && rec.Key != nil && rec.Topic == topic {
 		p.produce(event.Tombstone(topic, rec.Key))
 	}
@@ -152,13 +156,14 @@ func (p *producer) beginLocked() error {
 	if err := p.cl.BeginTransaction(); err != nil {
 		return classify(err)
 	}
-	p.inTxn, p.txnStart, p.txnEvents, p.pending = true, time.Now(), 0, nil
+	p.inTxn, p.txnStart, p.txnEvents, p.pending, p.newest = true, time.Now(), 0, nil, time.Time{}
 	return nil
 }
 
 // commitLocked writes the checkpoint record, flushes, commits, then acks.
 func (p *producer) commitLocked(ctx context.Context) error {
 	cp := p.pending
+	start := time.Now()
 	p.produce(&kgo.Record{Topic: p.cfg.CheckpointTopic, Partition: 0, Key: checkpointKey, Value: cp})
 	if err := p.cl.Flush(p.runCtx); err != nil {
 		p.abortLocked()
@@ -177,6 +182,14 @@ func (p *producer) commitLocked(ctx context.Context) error {
 	}
 	p.stats.Transactions.Add(1)
 	p.stats.Events.Add(int64(p.txnEvents))
+	now := time.Now()
+	p.stats.LastCommit.Store(now.UnixNano())
+	if !p.newest.IsZero() {
+		p.stats.LastSourceCommit.Store(p.newest.UnixNano())
+	}
+	if p.stats.CommitLatency != nil {
+		p.stats.CommitLatency(now.Sub(start))
+	}
 	p.inTxn, p.pending, p.txnEvents = false, nil, 0
 	// Committed: only now may the source release these changes.
 	p.src.Ack(cp)

@@ -41,11 +41,14 @@ type Pipeline struct {
 	Log   *slog.Logger
 	Stage Stage
 
-	Store        *offsets.Store
-	Broker       *kafka.Embedded
-	Client       kafka.ClientConfig
-	Router       *router.Router
-	topic        func(*event.Change) (string, error)
+	Store  *offsets.Store
+	Broker *kafka.Embedded
+	Client kafka.ClientConfig
+	Router *router.Router
+	topic  func(*event.Change) (string, error)
+
+	srcMu        sync.Mutex
+	src          capture.Source // the running source, nil between restarts
 	CaptureStats capture.Stats
 	TargetStats  map[string]*target.DeliveryStats
 }
@@ -83,6 +86,11 @@ func New(cfg *config.Pipeline, stage Stage, log *slog.Logger) (*Pipeline, error)
 		return nil, err
 	}
 	p := &Pipeline{Cfg: cfg, Log: log, Stage: stage, Router: r, topic: topic, TargetStats: map[string]*target.DeliveryStats{}}
+	if stage == StageAll || stage == StageRoute {
+		for _, name := range cfg.TargetNames() {
+			p.TargetStats[name] = &target.DeliveryStats{}
+		}
+	}
 	p.Store, err = offsets.Open(filepath.Join(cfg.StateDir, "offsets"))
 	if err != nil {
 		return nil, err
@@ -189,7 +197,6 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			if it, ok := t.(target.InternalTopics); ok {
 				exclude = append(exclude, it.InternalTopics()...)
 			}
-			p.TargetStats[name] = &target.DeliveryStats{}
 		}
 		for _, name := range p.Cfg.TargetNames() {
 			wg.Add(1)
@@ -235,7 +242,9 @@ func (p *Pipeline) runCapture(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		p.setSource(src)
 		err = capture.Run(ctx, p.captureConfig(), src, p.Store, &p.CaptureStats, p.Log.With("stage", "capture"))
+		p.setSource(nil)
 		src.Close()
 		if ctx.Err() != nil {
 			return nil
@@ -285,4 +294,51 @@ func (p *Pipeline) runTarget(ctx context.Context, name string, t target.Target, 
 		ExcludeTopics: exclude,
 	}
 	return target.Deliver(ctx, cfg, t, routerAdapter{p.Router.ForTarget(name)}, p.Store, dlq, stats, log)
+}
+
+func (p *Pipeline) setSource(s capture.Source) {
+	p.srcMu.Lock()
+	p.src = s
+	p.srcMu.Unlock()
+}
+
+func (p *Pipeline) source() capture.Source {
+	p.srcMu.Lock()
+	defer p.srcMu.Unlock()
+	return p.src
+}
+
+// ErrNotCapturing is returned by source operations when this process does
+// not run the capture stage, or the source is between restarts.
+var ErrNotCapturing = errors.New("the capture stage is not running in this process")
+
+// Resnapshot asks the running source to snapshot one table again while
+// streaming continues (see docs/postgres.md and docs/mysql.md).
+func (p *Pipeline) Resnapshot(table string) error {
+	s, ok := p.source().(interface{ Resnapshot(string) error })
+	if !ok {
+		return ErrNotCapturing
+	}
+	return s.Resnapshot(table)
+}
+
+// SourceLag reports how far capture is behind the source: bytes of log
+// (PostgreSQL slot lag; MySQL binlog distance) and seconds from the newest
+// committed change's source commit to now (0 when idle and caught up).
+func (p *Pipeline) SourceLag(ctx context.Context) (bytes int64, seconds float64, err error) {
+	switch s := p.source().(type) {
+	case interface {
+		SlotLag(context.Context) (int64, error)
+	}:
+		bytes, err = s.SlotLag(ctx)
+	case interface{ Lag() (float64, int64) }:
+		seconds, bytes = s.Lag()
+		return bytes, seconds, nil
+	case nil:
+		return 0, 0, ErrNotCapturing
+	}
+	if last := p.CaptureStats.LastSourceCommit.Load(); last > 0 && bytes > 0 {
+		seconds = time.Since(time.Unix(0, last)).Seconds()
+	}
+	return bytes, seconds, err
 }

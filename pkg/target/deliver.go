@@ -196,12 +196,8 @@ type deliverer struct {
 
 func (d *deliverer) loop(ctx context.Context) error {
 	for {
-		for d.stats.Paused.Load() {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(100 * time.Millisecond):
-			}
+		if !d.waitWhilePaused(ctx) {
+			return nil
 		}
 		batch, dead, err := d.collect(ctx)
 		if err != nil {
@@ -209,6 +205,10 @@ func (d *deliverer) loop(ctx context.Context) error {
 				return nil
 			}
 			return err
+		}
+		// A pause that came while polling holds this batch back too.
+		if !d.waitWhilePaused(ctx) {
+			return nil
 		}
 		if len(batch.Offsets) > 0 {
 			if err := d.apply(ctx, batch, dead); err != nil {
@@ -220,6 +220,18 @@ func (d *deliverer) loop(ctx context.Context) error {
 		}
 		d.cl.AllowRebalance()
 	}
+}
+
+// waitWhilePaused blocks while the target is paused; false means ctx ended.
+func (d *deliverer) waitWhilePaused(ctx context.Context) bool {
+	for d.stats.Paused.Load() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return true
 }
 
 // collect polls until the batch is full or has lingered.

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/plumecdc/plume/pkg/testharness"
+)
+
+// TestOperationsEndToEnd: metrics move and parse with the Prometheus text
+// parser, the admin API demands its token, a paused target holds back
+// while the other work goes on and catches up on resume, and an ad-hoc
+// snapshot through the API re-emits a table.
+func TestOperationsEndToEnd(t *testing.T) {
+	e := newE2E(t)
+	adminPort, _ := testharness.FreePort()
+	metricsPort, _ := testharness.FreePort()
+	admin := fmt.Sprintf("127.0.0.1:%d", adminPort)
+	metrics := fmt.Sprintf("127.0.0.1:%d", metricsPort)
+	cfg, err := os.ReadFile(e.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = append(cfg, []byte(fmt.Sprintf("admin: { listen: %q, token: \"${TEST_ADMIN_TOKEN}\" }\nmetrics: { listen: %q }\n", admin, metrics))...)
+	if err := os.WriteFile(e.cfgPath, cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("TEST_ADMIN_TOKEN", "tok-3f9a")
+	e.start()
+	e.waitInSync(60 * time.Second)
+
+	// Metrics exist, parse, and move.
+	scrape := func() map[string]float64 {
+		resp, err := http.Get("http://" + metrics + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		p := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err := p.TextToMetricFamilies(resp.Body)
+		if err != nil {
+			t.Fatalf("metrics do not parse: %v", err)
+		}
+		out := map[string]float64{}
+		for name, f := range fams {
+			for _, m := range f.Metric {
+				v := 0.0
+				switch {
+				case m.Counter != nil:
+					v = m.Counter.GetValue()
+				case m.Gauge != nil:
+					v = m.Gauge.GetValue()
+				case m.Histogram != nil:
+					v = float64(m.Histogram.GetSampleCount())
+				}
+				key := name
+				for _, l := range m.Label {
+					if l.GetName() == "target" || l.GetName() == "result" {
+						key += "{" + l.GetValue() + "}"
+					}
+				}
+				out[key] += v
+			}
+		}
+		return out
+	}
+	before := scrape()
+	for _, name := range []string{"plume_capture_events_total", "plume_kafka_transactions_total{committed}", "plume_target_delivered_total{erp}",
+		"plume_source_lag_bytes", "plume_target_batch_size{erp}", "plume_kafka_transaction_commit_seconds", "go_goroutines", "process_resident_memory_bytes"} {
+		if _, ok := before[name]; !ok {
+			t.Errorf("metric %s is missing", name)
+		}
+	}
+	e.pg.Exec(t, e.srcDB, `UPDATE products SET price = price + 1 WHERE id <= 20`)
+	e.waitInSync(30 * time.Second)
+	after := scrape()
+	for _, name := range []string{"plume_capture_events_total", "plume_target_delivered_total{erp}"} {
+		if after[name] < before[name]+20 {
+			t.Errorf("%s moved from %v to %v, want +20", name, before[name], after[name])
+		}
+	}
+
+	// The admin API requires its token.
+	resp, err := http.Get("http://" + admin + "/api/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("status without a token: %s", resp.Status)
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+admin+"/api/v1/targets/erp/pause", nil)
+	req.Header.Set("Authorization", "Bearer wrong")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("pause with a wrong token: %s", resp.Status)
+	}
+	var out, errOut bytes.Buffer
+	if code := dispatch([]string{"status", "-c", e.cfgPath}, &out, &errOut); code != 0 || !strings.Contains(out.String(), `"lag_bytes"`) {
+		t.Fatalf("plume status: %d %s %s", code, out.String(), errOut.String())
+	}
+	if strings.Contains(out.String(), "tok-3f9a") {
+		t.Fatal("status output contains the token")
+	}
+
+	// Pause the target: changes are captured but not applied; resume: they are.
+	out.Reset()
+	if code := dispatch([]string{"pause", "erp", "-c", e.cfgPath}, &out, &errOut); code != 0 {
+		t.Fatalf("plume pause: %s", errOut.String())
+	}
+	time.Sleep(500 * time.Millisecond) // let an in-flight batch finish
+	e.pg.Exec(t, e.srcDB, `UPDATE products SET name = 'while paused' WHERE id = 1`)
+	time.Sleep(3 * time.Second)
+	if got := e.rows(e.erpDB, `SELECT sku, name, price::text FROM erp.products WHERE sku = 'SKU-1'`); len(got) != 1 || strings.Contains(got[0], "while paused") {
+		t.Fatalf("a paused target applied a change: %v", got)
+	}
+	if code := dispatch([]string{"resume", "erp", "-c", e.cfgPath}, &out, &errOut); code != 0 {
+		t.Fatalf("plume resume: %s", errOut.String())
+	}
+	e.waitInSync(30 * time.Second)
+
+	// An ad-hoc snapshot re-emits the table as snapshot reads.
+	readsBefore := e.countOps("e2e.public.products", "io.plume.row.read")
+	if code := dispatch([]string{"snapshot", "public.products", "-c", e.cfgPath}, &out, &errOut); code != 0 {
+		t.Fatalf("plume snapshot: %s", errOut.String())
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for e.countOps("e2e.public.products", "io.plume.row.read") < readsBefore+50 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the ad-hoc snapshot did not re-emit the table (reads %d before)", readsBefore)
+		}
+		time.Sleep(time.Second)
+	}
+	if err := e.proc.Stop(); err != nil {
+		t.Fatalf("clean stop: %v", err)
+	}
+}
+
+// countOps counts the records of one CloudEvents type in a topic.
+func (e *e2e) countOps(topic, typ string) int {
+	n := 0
+	for _, r := range e.records(topic) {
+		for _, h := range r.Headers {
+			if h.Key == "ce_type" && string(h.Value) == typ {
+				n++
+			}
+		}
+	}
+	return n
+}
