@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"path/filepath"
+	"time"
 
 	"github.com/plumecdc/plume/pkg/config"
 	"github.com/plumecdc/plume/pkg/offsets"
+	"github.com/plumecdc/plume/pkg/runtime"
 )
 
 func cmdOffsets(args []string, stdout, stderr io.Writer) int {
@@ -26,7 +29,7 @@ func cmdOffsets(args []string, stdout, stderr io.Writer) int {
 			"the store is locked while it runs.", stdout, stderr)
 	file := fs.String("c", "", "pipeline config file (required)")
 	tgt := fs.String("target", "", "reset: the target whose offsets are removed (it restarts from the earliest offset)")
-	capt := fs.Bool("capture", false, "reset: remove the mirrored capture checkpoint")
+	capt := fs.Bool("capture", false, "reset: make the next start a first start (commits an empty checkpoint to Kafka, fencing any running instance, and clears the mirror)")
 	if code, done := parseFlags(fs, args[1:], stdout); done {
 		return code
 	}
@@ -38,6 +41,24 @@ func cmdOffsets(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
+	}
+	if sub == "reset" && *capt {
+		// The checkpoint lives in Kafka: reach it (starting the embedded
+		// broker from state_dir if the pipeline uses it).
+		p, err := runtime.New(cfg, runtime.StageCapture, newLogger(cfg, stderr))
+		if err != nil {
+			fmt.Fprintln(stderr, "plume offsets reset:", err)
+			return 1
+		}
+		defer p.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := p.ResetCapture(ctx); err != nil {
+			fmt.Fprintln(stderr, "plume offsets reset:", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "capture checkpoint reset in %s: the next start is a first start\n", cfg.CheckpointTopic())
+		return 0
 	}
 	st, err := offsets.Open(filepath.Join(cfg.StateDir, "offsets"))
 	if err != nil {
@@ -65,8 +86,6 @@ func cmdOffsets(args []string, stdout, stderr io.Writer) int {
 		}
 	case "reset":
 		switch {
-		case *capt:
-			err = st.ResetCapture()
 		case *tgt != "":
 			if _, ok := cfg.Targets[*tgt]; !ok {
 				fmt.Fprintf(stderr, "plume offsets reset: no target %q in %s\n", *tgt, *file)

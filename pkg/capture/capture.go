@@ -245,6 +245,9 @@ func fenceAndLoad(ctx context.Context, cl *kgo.Client, cfg Config, log *slog.Log
 			}
 			if string(r.Key) == string(checkpointKey) {
 				last = r.Value
+				if len(last) == 0 {
+					last = nil // a reset: start afresh (ResetCheckpoint)
+				}
 			}
 			if r.Offset >= fenceOffset {
 				done = true
@@ -307,4 +310,42 @@ func (e kafkaError) Unwrap() error { return e.err }
 func Retryable(err error) bool {
 	var k kafkaError
 	return errors.As(err, &k) && !errors.Is(err, ErrFenced)
+}
+
+// ResetCheckpoint makes the pipeline's next start a first start (a new
+// snapshot if configured): it commits an empty checkpoint record with the
+// pipeline's transactional id, which also fences any instance still
+// running, and clears the mirror. Use it after the source lost the position
+// (a purged binlog, a dropped slot); see docs/operations.md.
+func ResetCheckpoint(ctx context.Context, cfg Config, mirror interface{ ResetCapture() error }) error {
+	base, err := cfg.Client.Opts()
+	if err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(append(base, kgo.TransactionalID(cfg.TransactionalID))...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	if err := kafka.EnsureTopics(ctx, kadm.NewClient(cl), kafka.TopicSpec{
+		Partitions: 1, ReplicationFactor: cfg.TopicSpec.ReplicationFactor,
+		Configs: map[string]string{"cleanup.policy": "compact"},
+	}, cfg.CheckpointTopic); err != nil {
+		return err
+	}
+	if err := cl.BeginTransaction(); err != nil {
+		return err
+	}
+	// A zero-length, non-nil value: an empty checkpoint, not a tombstone.
+	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: cfg.CheckpointTopic, Partition: 0, Key: checkpointKey, Value: []byte{}}).FirstErr(); err != nil {
+		_ = cl.EndTransaction(context.Background(), kgo.TryAbort)
+		return fmt.Errorf("reset the checkpoint in %q: %w", cfg.CheckpointTopic, err)
+	}
+	if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+		return fmt.Errorf("reset the checkpoint in %q: %w", cfg.CheckpointTopic, err)
+	}
+	if mirror != nil {
+		return mirror.ResetCapture()
+	}
+	return nil
 }

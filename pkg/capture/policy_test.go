@@ -187,3 +187,54 @@ func TestOversizeDLQKeepsTheStreamGoing(t *testing.T) {
 		t.Errorf("dead letter headers: %v", h)
 	}
 }
+
+// recordingSource remembers the checkpoint Run was started from.
+type recordingSource struct {
+	listSource
+	from chan []byte
+}
+
+func (s *recordingSource) Run(ctx context.Context, from []byte, em Emitter) error {
+	s.from <- from
+	return s.listSource.Run(ctx, from, em)
+}
+
+func TestResetCheckpointMakesAFirstStart(t *testing.T) {
+	c := testharness.Kfake(t, kfake.NumBrokers(1))
+	cfg := testConfig(c.ListenAddrs())
+	mirror := &memMirror{}
+	run := func() []byte {
+		src := &recordingSource{listSource: listSource{acked: make(chan []byte, 16), txns: [][]*event.Change{
+			{row(event.OpCreate, 1, "a", 0, 0)}, {row(event.OpCreate, 2, "b", 1, 0)},
+		}}, from: make(chan []byte, 1)}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- Run(ctx, cfg, src, mirror, nil, quiet) }()
+		from := <-src.from
+		if from == nil {
+			waitAck(t, &src.listSource, "1")
+		}
+		cancel()
+		<-done
+		return from
+	}
+	if from := run(); from != nil {
+		t.Fatalf("first run started from %q", from)
+	}
+	if from := run(); string(from) != "1" {
+		t.Fatalf("second run started from %q, want the committed checkpoint", from)
+	}
+	if err := ResetCheckpoint(context.Background(), cfg, mirrorReset{mirror}); err != nil {
+		t.Fatal(err)
+	}
+	if mirror.cp != nil {
+		t.Fatalf("mirror not cleared")
+	}
+	if from := run(); from != nil {
+		t.Fatalf("after a reset the run started from %q, want a first start", from)
+	}
+}
+
+type mirrorReset struct{ m *memMirror }
+
+func (r mirrorReset) ResetCapture() error { r.m.SaveCapture(nil); return nil }

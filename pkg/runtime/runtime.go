@@ -342,3 +342,10 @@ func (p *Pipeline) SourceLag(ctx context.Context) (bytes int64, seconds float64,
 	}
 	return bytes, seconds, err
 }
+
+// ResetCapture makes the next start a first start: an empty checkpoint is
+// committed to the checkpoint topic (fencing any running instance) and the
+// Badger mirror is cleared.
+func (p *Pipeline) ResetCapture(ctx context.Context) error {
+	return capture.ResetCheckpoint(ctx, p.captureConfig(), p.Store)
+}
