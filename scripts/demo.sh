@@ -80,7 +80,7 @@ psql -d erp -c "SELECT * FROM erp.products ORDER BY sku"
 
 say "the same changes as CloudEvents on Kafka topic shop.public.products (kcat, read_committed)"
 kcat -C -b 127.0.0.1:"$PLUME_DEMO_KAFKA_PORT" -t shop.public.products -e -q -X isolation.level=read_committed \
-	-f 'key=%k  %h\n  %s\n' | tail -n 6 | cut -c1-400
+	-f 'key=%k  %h\n  %s\n' | tail -n 8 | cut -c1-400
 
 say "done: stopping Plume (SIGTERM: clean shutdown, checkpoints consistent)"
 kill "$PLUME_PID"; wait "$PLUME_PID" || true; PLUME_PID=
