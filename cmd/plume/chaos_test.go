@@ -314,8 +314,12 @@ type chaosRead struct {
 // nothing more arrives, and replays them.
 func readChaos(t *testing.T, brokers []string, topics []string) *chaosRead {
 	t.Helper()
-	cl := testharness.KafkaClient(t, brokers, kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumeTopics(topics...), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close() // called repeatedly: must not keep fetching afterwards
 	r := &chaosRead{ids: map[string]int{}, perTxn: map[string]int{}, indexes: map[string][]int64{}, state: map[string]map[string]string{}}
 	last := map[string]string{} // topic/key -> last stream position seen
 	deadline := time.Now().Add(3 * time.Minute)

@@ -33,6 +33,7 @@ func commands() []command {
 		{"run", "run a pipeline until SIGINT or SIGTERM", cmdRun},
 		{"validate", "check a pipeline file and compile its expressions", cmdValidate},
 		{"offsets", "list or reset the checkpoints of a pipeline's targets", cmdOffsets},
+		{"dlq", "list or replay the dead-letter queue", cmdDLQ},
 		{"status", "show a running pipeline's status and lag", cmdStatus},
 		{"pause", "pause one target of a running pipeline", cmdPause},
 		{"resume", "resume a paused target", cmdResume},
