@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -217,5 +218,54 @@ func TestDeadLetterListAndReplay(t *testing.T) {
 	if err := e.pg.Connect(t, e.erpDB).QueryRow(context.Background(),
 		`SELECT count(*)::text FROM plume_offsets WHERE topic LIKE '%dlq'`).Scan(&replays); err != nil || replays != "1" {
 		t.Errorf("the replay is not recorded once in the offsets table: %v %v", replays, err)
+	}
+}
+
+// TestOffsetsResetToEarliestLatestAndTime moves a stopped target's offsets.
+func TestOffsetsResetToEarliestLatestAndTime(t *testing.T) {
+	e := newE2E(t)
+	e.start()
+	e.waitInSync(60 * time.Second)
+	mid := time.Now().UTC()
+	time.Sleep(1100 * time.Millisecond)
+	e.pg.Exec(t, e.srcDB, `UPDATE products SET name = 'later' WHERE id <= 5`)
+	e.waitInSync(30 * time.Second)
+	recs := e.records("e2e.public.products")
+	firstUpdate, last := int64(-1), recs[len(recs)-1].Offset
+	for _, r := range recs {
+		if firstUpdate < 0 && strings.Contains(string(r.Value), `"later"`) {
+			firstUpdate = r.Offset
+		}
+	}
+	if err := e.proc.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	offset := func(to string) string {
+		var out, errOut bytes.Buffer
+		if code := dispatch([]string{"offsets", "reset", "-c", e.cfgPath, "--target", "erp", "--to", to}, &out, &errOut); code != 0 {
+			t.Fatalf("reset --to %s: %s", to, errOut.String())
+		}
+		out.Reset()
+		if code := dispatch([]string{"offsets", "list", "-c", e.cfgPath}, &out, &errOut); code != 0 {
+			t.Fatalf("list: %s", errOut.String())
+		}
+		for _, line := range strings.Split(out.String(), "\n") {
+			if f := strings.Split(line, "\t"); len(f) == 4 && f[0] == "erp" && f[1] == "e2e.public.products" {
+				return f[3]
+			}
+		}
+		t.Fatalf("offsets list has no erp line: %s", out.String())
+		return ""
+	}
+	if got := offset("earliest"); got != "0" {
+		t.Errorf("earliest: %s", got)
+	}
+	// The end offset is past the last record (transaction markers take
+	// offsets too).
+	if got, _ := strconv.ParseInt(offset("latest"), 10, 64); got <= last {
+		t.Errorf("latest: %d, want past the last record at %d", got, last)
+	}
+	if got := offset(mid.Format(time.RFC3339Nano)); got != strconv.FormatInt(firstUpdate, 10) {
+		t.Errorf("at %s: %s, want %d (the first update)", mid.Format(time.RFC3339Nano), got, firstUpdate)
 	}
 }
