@@ -53,6 +53,9 @@ func validate(file string) error {
 	}
 	src.Close()
 	for _, name := range cfg.TargetNames() {
+		if _, err := cfg.Targets[name].Delivery(); err != nil {
+			return err
+		}
 		t, err := target.New(context.Background(), target.Env{Pipeline: cfg, Name: name, Config: cfg.Targets[name], Log: log})
 		if err != nil {
 			return err

@@ -61,13 +61,54 @@ func (t Target) Decode(into any) error {
 		if ev.Type() == targetType || ev.Type() == durationType {
 			return errors.New("config: Target.Decode into an unsupported type")
 		}
-		d.decodeStruct(t.node, ev, path, map[string]bool{"type": true})
+		d.decodeStruct(t.node, ev, path, map[string]bool{"type": true, "delivery": true})
 	case reflect.Map:
-		d.decodeMap(t.node, ev, path, map[string]bool{"type": true})
+		d.decodeMap(t.node, ev, path, map[string]bool{"type": true, "delivery": true})
 	default:
 		return fmt.Errorf("config: Target.Decode needs a pointer to a struct or map, got %T", into)
 	}
 	return d.result()
+}
+
+// Delivery holds the shared delivery layer's settings for one target: the
+// optional `delivery` key that every target type accepts.
+type Delivery struct {
+	// BatchMaxEvents caps a batch's messages (default 1000).
+	BatchMaxEvents int `yaml:"batch_max_events"`
+	// BatchMaxBytes caps a batch's record bytes (default 4 MiB).
+	BatchMaxBytes int `yaml:"batch_max_bytes"`
+	// BatchLinger is how long a batch waits to fill (default 100ms).
+	BatchLinger Duration `yaml:"batch_linger"`
+	// Coalesce keeps only the last change of each key within a batch (nil:
+	// the target type's default; on for salesforce).
+	Coalesce *bool `yaml:"coalesce"`
+}
+
+// Delivery decodes the target's `delivery` block (zero values when absent)
+// as strictly as Decode.
+func (t Target) Delivery() (Delivery, error) {
+	var out Delivery
+	if t.node == nil || t.node.Kind != yaml.MappingNode {
+		return out, nil
+	}
+	path := t.path
+	if path == "" {
+		path = joinKey("targets", t.Name)
+	}
+	for i := 0; i+1 < len(t.node.Content); i += 2 {
+		if t.node.Content[i].Value != "delivery" {
+			continue
+		}
+		d := &decoder{file: t.Pos.File, lines: t.lines}
+		d.decodeStruct(t.node.Content[i+1], reflect.ValueOf(&out).Elem(), joinKey(path, "delivery"), nil)
+		if err := d.result(); err != nil {
+			return out, err
+		}
+		if out.BatchMaxEvents < 0 || out.BatchMaxBytes < 0 || out.BatchLinger.Duration < 0 {
+			return out, t.Errorf("delivery", "batch limits must not be negative")
+		}
+	}
+	return out, nil
 }
 
 // Key returns the key path of one of the target's keys, e.g.

@@ -285,13 +285,24 @@ func (p *Pipeline) captureConfig() capture.Config {
 
 func (p *Pipeline) runTarget(ctx context.Context, name string, t target.Target, exclude []string, dlq *target.DLQ, stats *target.DeliveryStats) error {
 	log := p.Log.With("stage", "deliver", "target", name)
+	dl, err := p.Cfg.Targets[name].Delivery()
+	if err != nil {
+		return err
+	}
 	cfg := target.DeliveryConfig{
-		Pipeline:      p.Cfg.Name,
-		Target:        name,
-		Client:        p.Client,
-		Group:         p.Cfg.ConsumerGroup(name),
-		TopicRegex:    "^" + regexp.QuoteMeta(p.Cfg.TopicPrefix()+".") + ".*",
-		ExcludeTopics: exclude,
+		Pipeline:       p.Cfg.Name,
+		Target:         name,
+		Client:         p.Client,
+		Group:          p.Cfg.ConsumerGroup(name),
+		TopicRegex:     "^" + regexp.QuoteMeta(p.Cfg.TopicPrefix()+".") + ".*",
+		ExcludeTopics:  exclude,
+		BatchMaxEvents: dl.BatchMaxEvents,
+		BatchMaxBytes:  dl.BatchMaxBytes,
+		BatchLinger:    dl.BatchLinger.Duration,
+		Coalesce:       p.Cfg.Targets[name].Type == "salesforce",
+	}
+	if dl.Coalesce != nil {
+		cfg.Coalesce = *dl.Coalesce
 	}
 	return target.Deliver(ctx, cfg, t, routerAdapter{p.Router.ForTarget(name)}, p.Store, dlq, stats, log)
 }

@@ -54,6 +54,9 @@ type DeliveryConfig struct {
 	BatchLinger    time.Duration // default 100ms
 	RetryMin       time.Duration // default 100ms
 	RetryMax       time.Duration // default 30s
+	// Coalesce keeps, within each batch, only the last message of each
+	// (route, table, key): a price changed ten times costs one write.
+	Coalesce bool
 }
 
 func (c *DeliveryConfig) defaults() {
@@ -246,6 +249,9 @@ func (d *deliverer) collect(ctx context.Context) (*Batch, []DeadLetter, error) {
 		if !deadline.IsZero() {
 			left := time.Until(deadline)
 			if left <= 0 {
+				if d.cfg.Coalesce {
+					b.Messages = Coalesce(b.Messages)
+				}
 				return b, dead, nil
 			}
 			pollCtx, cancel = context.WithTimeout(ctx, left)
@@ -282,6 +288,9 @@ func (d *deliverer) collect(ctx context.Context) (*Batch, []DeadLetter, error) {
 			deadline = time.Now().Add(d.cfg.BatchLinger)
 		}
 		if len(b.Messages) >= d.cfg.BatchMaxEvents || bytes >= d.cfg.BatchMaxBytes {
+			if d.cfg.Coalesce {
+				b.Messages = Coalesce(b.Messages)
+			}
 			return b, dead, nil
 		}
 	}
@@ -435,4 +444,35 @@ func splitErrors(err error) []error {
 		return j.Unwrap()
 	}
 	return []error{err}
+}
+
+// Coalesce keeps only the last message of each (route, table, key), in the
+// order of those last messages. A message without a key (a truncate) is a
+// barrier: nothing is coalesced across it. The batch's offsets are not
+// affected: every dropped message is superseded by a later one that is
+// applied in the same batch.
+func Coalesce(msgs []Message) []Message {
+	type key struct{ route, db, schema, table, subject string }
+	out := make([]Message, 0, len(msgs))
+	start := 0
+	flush := func(seg []Message) {
+		last := make(map[key]int, len(seg))
+		for i, m := range seg {
+			last[key{m.Route, m.Database, m.Schema, m.Table, m.Subject}] = i
+		}
+		for i, m := range seg {
+			if last[key{m.Route, m.Database, m.Schema, m.Table, m.Subject}] == i {
+				out = append(out, m)
+			}
+		}
+	}
+	for i, m := range msgs {
+		if m.Subject == "" {
+			flush(msgs[start:i])
+			out = append(out, m)
+			start = i + 1
+		}
+	}
+	flush(msgs[start:])
+	return out
 }
