@@ -229,10 +229,11 @@ kafka:
 	for i := range topics {
 		topics[i] = fmt.Sprintf("%s.%s.t%d", prefix, topicDB(kind, src), i)
 	}
+	reader := newChaosReader(t, brokers, topics)
 	var got *chaosRead
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
-		got = readChaos(t, brokers, topics)
+		got = reader.poll(t)
 		if caughtUp(src, got, topics) || time.Now().After(deadline) {
 			break
 		}
@@ -310,73 +311,81 @@ type chaosRead struct {
 	state           map[string]map[string]string // topic -> id -> v
 }
 
-// readChaos reads the topics from the start with read_committed until
-// nothing more arrives, and replays them.
-func readChaos(t *testing.T, brokers []string, topics []string) *chaosRead {
-	t.Helper()
+// chaosReader consumes the topics with read_committed from the start,
+// once, replaying them as it goes; poll reads until nothing more arrives.
+type chaosReader struct {
+	cl   *kgo.Client
+	r    *chaosRead
+	last map[string]string // topic/key -> last stream position seen
+}
+
+func newChaosReader(t *testing.T, brokers []string, topics []string) *chaosReader {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumeTopics(topics...), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cl.Close() // called repeatedly: must not keep fetching afterwards
-	r := &chaosRead{ids: map[string]int{}, perTxn: map[string]int{}, indexes: map[string][]int64{}, state: map[string]map[string]string{}}
-	last := map[string]string{} // topic/key -> last stream position seen
+	t.Cleanup(cl.Close)
+	return &chaosReader{cl: cl, last: map[string]string{}, r: &chaosRead{ids: map[string]int{}, perTxn: map[string]int{},
+		indexes: map[string][]int64{}, state: map[string]map[string]string{}}}
+}
+
+func (c *chaosReader) poll(t *testing.T) *chaosRead {
+	t.Helper()
+	r := c.r
 	deadline := time.Now().Add(3 * time.Minute)
 	for empty := 0; empty < 2 && time.Now().Before(deadline); {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		fs := cl.PollFetches(ctx)
+		fs := c.cl.PollFetches(ctx)
 		cancel()
 		if fs.NumRecords() == 0 {
 			empty++
 			continue
 		}
 		empty = 0
-		fs.EachPartition(func(p kgo.FetchTopicPartition) {
-			for _, rec := range p.Records {
-				rx, err := event.Decode(rec)
-				if err != nil {
-					t.Fatalf("decode %s@%d: %v", rec.Topic, rec.Offset, err)
+		fs.EachRecord(func(rec *kgo.Record) {
+			rx, err := event.Decode(rec)
+			if err != nil {
+				t.Fatalf("decode %s@%d: %v", rec.Topic, rec.Offset, err)
+			}
+			if rx == nil {
+				return // tombstone
+			}
+			r.ids[rx.ID]++
+			if len(r.ids)%10 == 0 {
+				checkWithSDK(t, rec)
+			}
+			var env struct {
+				Before, After map[string]any
+				Op            string
+			}
+			if err := json.Unmarshal(rx.Data, &env); err != nil {
+				t.Fatal(err)
+			}
+			if env.Op == "r" {
+				r.reads++
+			} else {
+				txid := rx.Extensions["txid"]
+				r.perTxn[txid]++
+				pos := rx.ID
+				_, idx := splitID(pos)
+				r.indexes[txid] = append(r.indexes[txid], idx)
+				kk := rec.Topic + "/" + string(rec.Key)
+				if prev, ok := c.last[kk]; ok && !positionLess(prev, pos) {
+					r.orderViolations++
 				}
-				if rx == nil {
-					continue // tombstone
-				}
-				r.ids[rx.ID]++
-				if len(r.ids)%10 == 0 {
-					checkWithSDK(t, rec)
-				}
-				var env struct {
-					Before, After map[string]any
-					Op            string
-				}
-				if err := json.Unmarshal(rx.Data, &env); err != nil {
-					t.Fatal(err)
-				}
-				if env.Op == "r" {
-					r.reads++
-				} else {
-					txid := rx.Extensions["txid"]
-					r.perTxn[txid]++
-					pos := rx.ID
-					_, idx := splitID(pos)
-					r.indexes[txid] = append(r.indexes[txid], idx)
-					kk := rec.Topic + "/" + string(rec.Key)
-					if prev, ok := last[kk]; ok && !positionLess(prev, pos) {
-						r.orderViolations++
-					}
-					last[kk] = pos
-				}
-				st := r.state[rec.Topic]
-				if st == nil {
-					st = map[string]string{}
-					r.state[rec.Topic] = st
-				}
-				switch env.Op {
-				case "c", "u", "r":
-					st[fmt.Sprint(env.After["id"])] = fmt.Sprint(env.After["v"])
-				case "d":
-					delete(st, fmt.Sprint(env.Before["id"]))
-				}
+				c.last[kk] = pos
+			}
+			st := r.state[rec.Topic]
+			if st == nil {
+				st = map[string]string{}
+				r.state[rec.Topic] = st
+			}
+			switch env.Op {
+			case "c", "u", "r":
+				st[fmt.Sprint(env.After["id"])] = fmt.Sprint(env.After["v"])
+			case "d":
+				delete(st, fmt.Sprint(env.Before["id"]))
 			}
 		})
 	}
