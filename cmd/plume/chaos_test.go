@@ -130,8 +130,16 @@ kafka:
 		writerRng     = rand.New(rand.NewPCG(rng.Uint64(), 11))
 		writerStarted = time.Now()
 	)
+	var writerErr atomic.Value
 	go func() {
 		defer close(writerDone)
+		defer func() {
+			// A database error (or the test ending) stops the writer; the
+			// test reports it instead of crashing the binary.
+			if r := recover(); r != nil {
+				writerErr.Store(fmt.Sprint(r))
+			}
+		}()
 		rng := writerRng // the writer's own
 		deadline := time.Now().Add(8 * time.Minute)
 		for n := 0; changesB < chaosMinChanges && time.Now().Before(deadline); n++ {
@@ -141,10 +149,9 @@ kafka:
 			default:
 			}
 			inB := snapshotDone.Load()
-			if inB {
-				// Spread phase B over about a minute so the kills land in it.
-				time.Sleep(time.Duration(rng.IntN(20)) * time.Millisecond)
-			}
+			// Pace the writer (about 50 transactions/s) so phase B spans
+			// the kills and phase A does not bury the snapshot.
+			time.Sleep(time.Duration(rng.IntN(20)) * time.Millisecond)
 			var stmts []string
 			tbl := fmt.Sprintf("t%d", rng.IntN(chaosTables))
 			switch k := rng.IntN(10); {
@@ -204,7 +211,7 @@ kafka:
 		proc = start()
 	}
 	kill()
-	if !proc.WaitOutput("snapshot done", 3*time.Minute) {
+	if !proc.WaitOutput("snapshot done", 6*time.Minute) {
 		t.Fatalf("the resumed snapshot did not finish:\n%s", tail(proc.Output(), 30))
 	}
 	snapshotDone.Store(true)
@@ -217,6 +224,9 @@ kafka:
 	case <-time.After(9 * time.Minute):
 		close(stopWriter)
 		<-writerDone
+	}
+	if e, _ := writerErr.Load().(string); e != "" {
+		t.Fatalf("writer stopped: %s", e)
 	}
 	if changesB < chaosMinChanges {
 		t.Fatalf("writer made only %d changes after the snapshot", changesB)
