@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -18,7 +19,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/cloudevents/sdk-go/protocol/kafka_sarama/v2"
 	"github.com/cloudevents/sdk-go/v2/binding"
-	gomysql "github.com/go-mysql-org/go-mysql/client"
+	_ "github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -72,7 +73,7 @@ func TestChaosCaptureMariaDB(t *testing.T) {
 	}
 	my := testharness.MariaDB(t)
 	db := my.NewDatabase(t)
-	runChaos(t, "mysql", &myChaos{conn: my.Connect(t, db), db: db, dsn: my.DSN(db)})
+	runChaos(t, "mysql", newMyChaos(t, my.DSN(db), db))
 }
 
 func runChaos(t *testing.T, kind string, src chaosDB) {
@@ -554,25 +555,41 @@ func (p *pgChaos) state(table string) map[string]string {
 
 func (p *pgChaos) close() { p.conn.Close(context.Background()) }
 
-// MariaDB.
+// MariaDB. The writer uses go-sql-driver/mysql, whose affected-row count
+// is the rows changed (go-mysql's client asks for CLIENT_FOUND_ROWS, which
+// counts rows matched, including those an UPDATE left unchanged and that
+// therefore never reach the binlog).
 
 type myChaos struct {
-	conn *gomysql.Conn
+	conn *sql.Conn
 	db   string
 	dsn  string
+}
+
+func newMyChaos(t *testing.T, dsn, db string) *myChaos {
+	pool, err := sql.Open("mysql", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pool.Close() })
+	conn, err := pool.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &myChaos{conn: conn, db: db, dsn: dsn}
 }
 
 func (m *myChaos) sourceYAML() string {
 	return fmt.Sprintf("  type: mysql\n  dsn: %q\n  tables: [\"%s.t*\"]\n", m.dsn, m.db)
 }
 
-func (m *myChaos) exec(sql string) int64 {
-	r, err := m.conn.Execute(sql)
+func (m *myChaos) exec(q string) int64 {
+	res, err := m.conn.ExecContext(context.Background(), q)
 	if err != nil {
-		panic(fmt.Sprintf("%s: %v", sql, err))
+		panic(fmt.Sprintf("%s: %v", q, err))
 	}
-	defer r.Close()
-	return int64(r.AffectedRows)
+	n, _ := res.RowsAffected()
+	return n
 }
 
 func (m *myChaos) txn(stmts []string) (string, int64) {
@@ -582,27 +599,25 @@ func (m *myChaos) txn(stmts []string) (string, int64) {
 		n += m.exec(s)
 	}
 	m.exec("COMMIT")
-	// The writer is the only client writing to the server, so the binlog's
-	// newest GTID is this transaction's.
-	r, err := m.conn.Execute("SELECT @@gtid_binlog_pos")
-	if err != nil {
+	var gtid string
+	if err := m.conn.QueryRowContext(context.Background(), "SELECT @@last_gtid").Scan(&gtid); err != nil {
 		panic(err)
 	}
-	defer r.Close()
-	gtid, _ := r.GetString(0, 0)
 	return gtid, n
 }
 
 func (m *myChaos) state(table string) map[string]string {
-	r, err := m.conn.Execute(`SELECT CAST(id AS CHAR), v FROM ` + table)
+	rows, err := m.conn.QueryContext(context.Background(), `SELECT CAST(id AS CHAR), v FROM `+table)
 	if err != nil {
 		panic(err)
 	}
-	defer r.Close()
+	defer rows.Close()
 	out := map[string]string{}
-	for i := 0; i < r.RowNumber(); i++ {
-		id, _ := r.GetString(i, 0)
-		v, _ := r.GetString(i, 1)
+	for rows.Next() {
+		var id, v string
+		if err := rows.Scan(&id, &v); err != nil {
+			panic(err)
+		}
 		out[id] = v
 	}
 	return out
