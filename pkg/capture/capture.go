@@ -96,6 +96,7 @@ var checkpointKey = []byte("checkpoint")
 // Stats counts what capture committed. Read with atomic loads.
 type Stats struct {
 	Events       atomic.Int64 // events committed to Kafka
+	Bytes        atomic.Int64 // record bytes (key, value, headers) committed to Kafka
 	Transactions atomic.Int64 // Kafka transactions committed
 	Aborted      atomic.Int64
 	// LastCommit is when the last Kafka transaction committed (Unix ns).

@@ -55,6 +55,7 @@ type producer struct {
 	inSourceTxn bool      // Emit was called since the last Commit
 	txnStart    time.Time // when the open Kafka transaction began
 	txnEvents   int       // events in the open Kafka transaction
+	txnBytes    int64     // record bytes in the open Kafka transaction
 	pending     []byte    // checkpoint of the last complete source txn in it
 	newest      time.Time // newest source commit time in the open transaction
 	err         error     // first failure; sticky
@@ -96,6 +97,7 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 	}
 	p.produce(rec)
 	p.txnEvents++
+	p.txnBytes += int64(recordSize(rec))
 	if c.Commit.After(p.newest) {
 		p.newest = c.Commit
 	}
@@ -156,7 +158,7 @@ func (p *producer) beginLocked() error {
 	if err := p.cl.BeginTransaction(); err != nil {
 		return classify(err)
 	}
-	p.inTxn, p.txnStart, p.txnEvents, p.pending, p.newest = true, time.Now(), 0, nil, time.Time{}
+	p.inTxn, p.txnStart, p.txnEvents, p.txnBytes, p.pending, p.newest = true, time.Now(), 0, 0, nil, time.Time{}
 	return nil
 }
 
@@ -182,6 +184,7 @@ func (p *producer) commitLocked(ctx context.Context) error {
 	}
 	p.stats.Transactions.Add(1)
 	p.stats.Events.Add(int64(p.txnEvents))
+	p.stats.Bytes.Add(p.txnBytes)
 	now := time.Now()
 	p.stats.LastCommit.Store(now.UnixNano())
 	if !p.newest.IsZero() {

@@ -95,6 +95,8 @@ func (c *stageCollector) Collect(ch chan<- prometheus.Metric) {
 	if p.Stage != runtime.StageRoute {
 		ch <- prometheus.MustNewConstMetric(c.desc(descCaptureEvents, "Change events committed to Kafka by capture."),
 			prometheus.CounterValue, float64(st.Events.Load()))
+		ch <- prometheus.MustNewConstMetric(c.desc("plume_kafka_record_bytes_total", "Record bytes (key, value, headers, before compression) committed to Kafka by capture."),
+			prometheus.CounterValue, float64(st.Bytes.Load()))
 		txns := c.desc(descCaptureTxns, "Capture Kafka transactions by outcome.", "result")
 		ch <- prometheus.MustNewConstMetric(txns, prometheus.CounterValue, float64(st.Transactions.Load()), "committed")
 		ch <- prometheus.MustNewConstMetric(txns, prometheus.CounterValue, float64(st.Aborted.Load()), "aborted")
