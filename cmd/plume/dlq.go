@@ -271,4 +271,3 @@ func (m multiFlag) has(v string) bool {
 	}
 	return false
 }
-
