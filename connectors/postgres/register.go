@@ -24,14 +24,9 @@ func ConfigFrom(p *config.Pipeline) (Config, error) {
 		Slot:              s.Slot,
 		Publication:       s.Publication,
 	}
-	if !s.TLS.IsZero() {
-		t, err := s.TLS.ClientConfig()
-		if err != nil {
-			return c, err
-		}
-		c.TLS = t
-	}
-	return c, nil
+	var err error
+	c.TLS, err = s.TLS.OptionalClientConfig()
+	return c, err
 }
 
 func fromPipeline(p *config.Pipeline, log *slog.Logger) (capture.Source, error) {

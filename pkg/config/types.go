@@ -197,6 +197,15 @@ type TLS struct {
 // IsZero reports whether no TLS option is set.
 func (t TLS) IsZero() bool { return t == TLS{} }
 
+// OptionalClientConfig is ClientConfig for a block that may be absent: nil
+// (plaintext, or the DSN's own TLS settings) when no option is set.
+func (t TLS) OptionalClientConfig() (*tls.Config, error) {
+	if t.IsZero() {
+		return nil, nil
+	}
+	return t.ClientConfig()
+}
+
 // ClientConfig builds a *tls.Config from the options, reading the files.
 func (t TLS) ClientConfig() (*tls.Config, error) {
 	c := &tls.Config{
