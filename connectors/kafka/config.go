@@ -342,19 +342,36 @@ func (s *settings) checkTopic(topic string) error {
 }
 
 // errEmbedded is returned (as Permanent) by Open when the target has no
-// brokers and the runtime did not pass the pipeline's client settings
-// (only a target built outside a running pipeline, as in tests).
-var errEmbedded = errors.New("the target has no brokers and the pipeline's own Kafka client settings were not provided")
+// brokers, the pipeline uses the embedded broker, and the runtime did not
+// pass its address (a target built outside a running pipeline).
+var errEmbedded = errors.New("the target has no brokers and the pipeline's embedded broker address was not provided")
 
-// pipelineClient returns the settings of the pipeline's own cluster, as
-// the runtime resolved them (the embedded broker's actual address, or
-// kafka.brokers with kafka.tls and kafka.sasl), with the target's
+// pipelineClient returns the settings of the pipeline's own cluster: those
+// the runtime resolved (env.Kafka: the embedded broker's actual address, or
+// kafka.brokers with kafka.tls and kafka.sasl), else the pipeline's kafka
+// block itself (a target built outside the runtime), with the target's
 // compression.
 func pipelineClient(env target.Env, compression string) (plumekafka.ClientConfig, error) {
-	if len(env.Kafka.Brokers) == 0 {
-		return plumekafka.ClientConfig{}, errEmbedded
-	}
 	cc := env.Kafka
+	if len(cc.Brokers) == 0 {
+		p := env.Pipeline
+		if p.Embedded() {
+			return plumekafka.ClientConfig{}, errEmbedded
+		}
+		cc = plumekafka.ClientConfig{
+			Brokers:       p.Kafka.Brokers,
+			SASLMechanism: p.Kafka.SASL.Mechanism,
+			SASLUser:      p.Kafka.SASL.Username,
+			SASLPassword:  p.Kafka.SASL.Password.Reveal(),
+		}
+		if p.Kafka.TLS.Enabled {
+			tc, err := p.Kafka.TLS.TLS.ClientConfig()
+			if err != nil {
+				return cc, fmt.Errorf("kafka.tls: %w", err)
+			}
+			cc.TLS = tc
+		}
+	}
 	cc.Brokers = slices.Clone(cc.Brokers)
 	cc.Compression = compression
 	return cc, nil
