@@ -231,7 +231,7 @@ func TestCaptureExactlyOnceUnderFaults(t *testing.T) {
 	c := testharness.Kfake(t, kfake.NumBrokers(3))
 	rng := rand.New(rand.NewPCG(1, 2))
 	var mu sync.Mutex
-	budget := map[string]int{"produce": 15, "endtxn": 8, "initpid": 2, "drop": 4}
+	budget := map[string]int{"produce": 15, "endtxn": 8, "initpid": 1, "drop": 4}
 	counts := map[string]int{}
 	take := func(kind string, p float64) bool {
 		mu.Lock()
@@ -280,7 +280,7 @@ func TestCaptureExactlyOnceUnderFaults(t *testing.T) {
 	})
 	c.ControlKey(int16(kmsg.InitProducerID), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
-		if !take("initpid", 0.5) {
+		if !take("initpid", 1.0) { // the first one always fails
 			return nil, nil, false
 		}
 		resp := req.ResponseKind().(*kmsg.InitProducerIDResponse)

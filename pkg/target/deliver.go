@@ -160,9 +160,16 @@ func Deliver(ctx context.Context, cfg DeliveryConfig, t Target, r Router, store 
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.MetadataMaxAge(5*time.Second),
-		kgo.FetchMaxBytes(16<<20),
-		kgo.FetchMaxPartitionBytes(4<<20),
-		kgo.MaxConcurrentFetches(2),
+		// Fetch limits count compressed bytes and a fetch is held
+		// decompressed (zstd JSON expands ~10x): keep them small so a
+		// catching-up target stays within tens of MiB.
+		kgo.FetchMaxBytes(1<<20),
+		kgo.FetchMaxPartitionBytes(1<<20),
+		kgo.MaxConcurrentFetches(1),
+		// A restarted process rejoins after the dead member's session
+		// expires: keep that short (the default is 45 s).
+		kgo.SessionTimeout(10*time.Second),
+		kgo.HeartbeatInterval(time.Second),
 		kgo.AdjustFetchOffsetsFn(func(_ context.Context, m map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
 			for topic, parts := range m {
 				for p, committed := range parts {
@@ -414,7 +421,8 @@ func retry(ctx context.Context, cfg DeliveryConfig, stats *DeliveryStats, log *s
 		stats.Retries.Add(1)
 		stats.FailingSince.CompareAndSwap(0, time.Now().UnixNano())
 		stats.LastError.Store(err.Error())
-		wait := time.Duration(rand.Int64N(int64(backoff))) + backoff/2
+		// Equal jitter: between half and all of the current backoff.
+		wait := backoff/2 + time.Duration(rand.Int64N(int64(backoff/2)+1))
 		log.Warn("target "+what+" failed; retrying", "target", cfg.Target, "attempt", attempt, "in", wait.Round(time.Millisecond), "err", err)
 		select {
 		case <-ctx.Done():
