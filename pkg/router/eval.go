@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -125,6 +126,10 @@ func (t *TargetRoutes) Eval(rec *kgo.Record) ([]target.Message, error) {
 		if r.mapping == nil {
 			res.row, res.image = t.env.Row, true
 		} else {
+			if err := t.checkColumns(r); err != nil {
+				errs = append(errs, &EvalError{Route: r.Name, Target: t.target, Err: fmt.Errorf("map: %w", err)})
+				continue
+			}
 			out, err := t.vm.Run(r.mapping, &t.env)
 			if err != nil {
 				errs = append(errs, &EvalError{Route: r.Name, Target: t.target, Err: fmt.Errorf("map: %w", err)})
@@ -405,4 +410,35 @@ func typeName(v any) string {
 		return "null" // a nil map: a map[string]any that is not nil is a map
 	}
 	return fmt.Sprintf("%T", v)
+}
+
+// checkColumns reports a column the route's map reads that its row image
+// does not have (and that is not an unchanged TOAST value): the table's
+// schema no longer matches the route.
+func (t *TargetRoutes) checkColumns(r *Route) error {
+	for _, ref := range r.mapColumns {
+		var img map[string]any
+		switch ref.image {
+		case "row":
+			img = t.env.Row
+		case "after":
+			img = t.env.After
+		case "before":
+			img = t.env.Before
+		}
+		if img == nil {
+			continue
+		}
+		if _, ok := img[ref.column]; ok || slices.Contains(t.unchanged, ref.column) {
+			continue
+		}
+		table := t.env.Table
+		if t.env.Schema != "" {
+			table = t.env.Schema + "." + table
+		} else if t.env.Database != "" {
+			table = t.env.Database + "." + table
+		}
+		return fmt.Errorf("%s.%s: table %s has no column %q (did its schema change?)", ref.image, ref.column, table, ref.column)
+	}
+	return nil
 }

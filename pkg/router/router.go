@@ -48,9 +48,14 @@ type Route struct {
 	// whenNeeds / mapNeeds: the parts of the event data the expression
 	// reads (before, after, row, key, changed), decoded before it runs.
 	whenNeeds, mapNeeds needs
-	drop                map[string]bool
-	hashCols            []string
-	redactCols          []string
+	// mapColumns are the columns the map reads as row.x, after.x or
+	// before.x: one missing from its image (the table's schema changed)
+	// is an evaluation error, so the event is dead-lettered instead of
+	// writing a null.
+	mapColumns []columnRef
+	drop       map[string]bool
+	hashCols   []string
+	redactCols []string
 }
 
 // Compile compiles routes. Errors are *config.Error values (a
@@ -134,6 +139,9 @@ func compileRoute(c *config.Route) (*Route, []*config.Error) {
 			r.mapping = p
 			_, r.mapFresh = p.Node().(*ast.MapNode)
 			r.mapNeeds = usesData(p.Node())
+			if r.mapColumns = columnRefs(p.Node()); len(r.mapColumns) > 0 {
+				r.mapNeeds |= needUnchanged
+			}
 		}
 	}
 	if len(c.Drop) > 0 {
@@ -179,6 +187,42 @@ type dataVisitor struct{ needs needs }
 func (v *dataVisitor) Visit(n *ast.Node) {
 	if id, ok := (*n).(*ast.IdentifierNode); ok {
 		v.needs |= dataNames[id.Value]
+	}
+}
+
+// columnRef is a column read from a row image: image is "row", "after" or
+// "before".
+type columnRef struct{ image, column string }
+
+// columnRefs finds the image.column accesses of an expression.
+func columnRefs(n ast.Node) []columnRef {
+	v := &columnVisitor{seen: map[columnRef]bool{}}
+	ast.Walk(&n, v)
+	return v.refs
+}
+
+type columnVisitor struct {
+	refs []columnRef
+	seen map[columnRef]bool
+}
+
+func (v *columnVisitor) Visit(n *ast.Node) {
+	m, ok := (*n).(*ast.MemberNode)
+	if !ok {
+		return
+	}
+	id, ok := m.Node.(*ast.IdentifierNode)
+	if !ok || (id.Value != "row" && id.Value != "after" && id.Value != "before") {
+		return
+	}
+	prop, ok := m.Property.(*ast.StringNode)
+	if !ok {
+		return
+	}
+	ref := columnRef{id.Value, prop.Value}
+	if !v.seen[ref] {
+		v.seen[ref] = true
+		v.refs = append(v.refs, ref)
 	}
 }
 

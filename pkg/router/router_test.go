@@ -847,3 +847,29 @@ func TestConstantMap(t *testing.T) {
 		t.Errorf("second row = %v", m2[0].Row)
 	}
 }
+
+// TestMapOfAMissingColumnIsAnEvalError: after a schema change drops a
+// column a route maps, the event is dead-lettered, not written with a null;
+// a column that is merely null, or an unchanged TOAST value, is fine.
+func TestMapOfAMissingColumnIsAnEvalError(t *testing.T) {
+	narrow := &event.Table{Connector: "postgresql", Database: "shop", Schema: "public", Name: "products",
+		Columns: []event.Column{{Name: "id"}, {Name: "sku"}, {Name: "blob"}}, Key: []int{0}}
+	r := mustCompile(t, config.Route{Name: "m", To: []string{"erp"}, When: "true",
+		Map: `{"sku": row.sku, "price": row.price, "blob": row.blob}`})
+	tr := r.ForTarget("erp")
+	for _, m := range modes {
+		c := &event.Change{Op: event.OpUpdate, Table: narrow, Before: []event.Value{int64(1), "A", event.Unchanged{}},
+			After: []event.Value{int64(1), "B", event.Unchanged{}}, Commit: commit, TxID: "1", Pos: "lsn:0/1"}
+		msgs, err := tr.Eval(record(m.enc, c))
+		evs := EvalErrors(err)
+		if len(msgs) != 0 || len(evs) != 1 || !strings.Contains(evs[0].Error(), `no column "price"`) {
+			t.Fatalf("%s: msgs %v, err %v", m.name, msgs, err)
+		}
+		full := insert(row(1, "2.50", nil)) // qty is null: present, fine
+		c2 := &event.Change{Op: event.OpCreate, Table: products, After: full.After, Commit: commit, TxID: "1", Pos: "lsn:0/2"}
+		r2 := mustCompile(t, config.Route{Name: "m", To: []string{"erp"}, When: "true", Map: `{"sku": row.sku, "qty": row.qty}`})
+		if _, err := r2.ForTarget("erp").Eval(record(m.enc, c2)); err != nil {
+			t.Fatalf("%s: a null column is not missing: %v", m.name, err)
+		}
+	}
+}
