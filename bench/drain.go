@@ -1,0 +1,234 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/plumecdc/plume/pkg/config"
+	pruntime "github.com/plumecdc/plume/pkg/runtime"
+)
+
+// DrainResult is workload 1: a backlog of changes written while Plume is
+// stopped, then captured into Kafka.
+type DrainResult struct {
+	Source       string         `json:"source"`
+	RowBytes     int            `json:"row_payload_bytes"`
+	Events       int64          `json:"events"`
+	TxnRows      int            `json:"rows_per_source_txn"`
+	LoadSeconds  float64        `json:"load_seconds"`
+	Seconds      float64        `json:"seconds"` // plume process start -> last event committed
+	EventsSec    float64        `json:"events_per_sec"`
+	MBSec        float64        `json:"mb_per_sec"` // record bytes (key+value+headers) per second
+	RecordBytes  float64        `json:"avg_record_bytes"`
+	CPUUsPerEvt  float64        `json:"cpu_us_per_event"` // plume process CPU / events
+	ProcessCPU   float64        `json:"process_cpu_seconds"`
+	PeakRSSMB    float64        `json:"peak_rss_mb"`
+	InProcEvtSec float64        `json:"in_process_events_per_sec,omitempty"`
+	AllocPerEvt  float64        `json:"alloc_bytes_per_event,omitempty"`
+	AllocObjEvt  float64        `json:"alloc_objects_per_event,omitempty"`
+	GCShare      float64        `json:"gc_share,omitempty"`
+	Profile      *ProfileResult `json:"profile,omitempty"`
+	Reader       RawResult      `json:"raw_reader"`
+	Producer     RawResult      `json:"raw_producer"`
+	Limit        float64        `json:"raw_limit_events_per_sec"`
+	Ratio        float64        `json:"ratio_to_limit"`
+	Load         LoadAvg        `json:"load_avg"`
+	Err          string         `json:"error,omitempty"`
+}
+
+// LoadAvg is the machine's 1-minute load average around a workload.
+type LoadAvg struct {
+	Start float64 `json:"start"`
+	End   float64 `json:"end"`
+	At    string  `json:"measured_at"`
+}
+
+func startLoad() LoadAvg {
+	return LoadAvg{Start: loadAvg(), At: time.Now().UTC().Format(time.RFC3339)}
+}
+
+func (b *bench) drain(t *tb, src source, size int) *DrainResult {
+	ctx := context.Background()
+	n := int64(b.s.Rows)
+	res := &DrainResult{Source: src.Kind(), RowBytes: size, Events: n, TxnRows: b.s.TxnRows}
+	db := src.NewDB(t)
+	table := fmt.Sprintf("drain%d", size)
+	must(t, src.CreateTable(ctx, db, table, false))
+
+	// Two pipelines over the same backlog: X runs as the plume binary (the
+	// figures, CPU and RSS), P in this process (profiles, GC, allocations).
+	specX := pipeSpec{Name: uniq(t, "x"), Dir: t.TempDir(), Src: src, DB: db, Table: table, Brokers: b.brokers}
+	specP := specX
+	specP.Name = uniq(t, "p")
+	cfgX, cfgP := specX.write(t), specP.write(t)
+	for _, cfg := range []*config.Pipeline{cfgX, cfgP} {
+		must(t, b.prepare(ctx, t, src, db, cfg))
+	}
+	topicX, topicP := dataTopic(cfgX, src, db, table), dataTopic(cfgP, src, db, table)
+	must(t, b.adm.createTopic(ctx, topicX))
+	must(t, b.adm.createTopic(ctx, topicP))
+
+	// The raw readers start where Plume does: before the backlog.
+	rawSlot := uniq(t, "raw")
+	var binlogStart mysql.Position
+	switch s := src.(type) {
+	case *pgSource:
+		must(t, pgCreateSlot(ctx, s.pg, db, rawSlot))
+	case *mysqlSource:
+		var err error
+		binlogStart, err = binlogPos(ctx, s.m)
+		must(t, err)
+	}
+
+	logf("drain %s %dB: loading %d rows (%d per transaction)", src.Kind(), size, n, b.s.TxnRows)
+	t0 := time.Now()
+	must(t, src.Load(ctx, db, table, 1, n, size, b.s.TxnRows))
+	res.LoadSeconds = time.Since(t0).Seconds()
+
+	// The plume binary drains the backlog.
+	logf("drain %s %dB: plume binary draining", src.Kind(), size)
+	w := b.adm.watch(ctx, topicX, cfgX.CheckpointTopic())
+	c := startChild(t, b.bin, cfgX, "capture")
+	var st procStat
+	end, got, err := w.waitEvents(ctx, n, b.s.DrainTimeout, func() error {
+		st = c.stat()
+		return c.exited()
+	})
+	if s := c.stat(); s.CPU > 0 {
+		st = s
+	}
+	_ = c.stop()
+	must(t, err)
+	d := end.Sub(c.start)
+	res.Seconds = d.Seconds()
+	res.EventsSec = float64(got) / d.Seconds()
+	res.ProcessCPU = st.CPU.Seconds()
+	res.CPUUsPerEvt = float64(st.CPU.Microseconds()) / float64(got)
+	res.PeakRSSMB = float64(st.PeakKB) / 1024
+
+	sample, err := sampleRecords(ctx, b.brokers, topicX, min(10000, int(n)))
+	must(t, err)
+	var sum int64
+	for _, r := range sample {
+		sum += int64(len(r.Key) + len(r.Value))
+		for _, h := range r.Headers {
+			sum += int64(len(h.Key) + len(h.Value))
+		}
+	}
+	res.RecordBytes = float64(sum) / float64(len(sample))
+	res.MBSec = res.EventsSec * res.RecordBytes / 1e6
+
+	// In process, profiled.
+	if b.s.ProfileInProc {
+		logf("drain %s %dB: in-process profiled run", src.Kind(), size)
+		pr, err := startProfile(b.profDir, fmt.Sprintf("drain-%s-%d", src.Kind(), size))
+		must(t, err)
+		start := time.Now()
+		ip, err := startInproc(cfgP, pruntime.StageCapture)
+		if err != nil {
+			pr.stop()
+			must(t, err)
+		}
+		for ip.P.CaptureStats.Events.Load() < n && time.Since(start) < b.s.ProfileFor && ip.failed() == nil {
+			time.Sleep(20 * time.Millisecond)
+		}
+		el := time.Since(start)
+		prof := pr.stop()
+		evs := ip.P.CaptureStats.Events.Load()
+		_ = ip.stop()
+		res.Profile = &prof
+		res.InProcEvtSec = float64(evs) / el.Seconds()
+		if evs > 0 {
+			res.AllocPerEvt = float64(prof.AllocBytes) / float64(evs)
+			res.AllocObjEvt = float64(prof.AllocObjects) / float64(evs)
+		}
+		res.GCShare = prof.GCShare
+	}
+
+	// Raw limits on the same data.
+	logf("drain %s %dB: raw limits", src.Kind(), size)
+	switch s := src.(type) {
+	case *pgSource:
+		res.Reader = pgRawRead(ctx, s.pg, db, rawSlot, cfgP.Source.Publication, n, b.s.DrainTimeout)
+	case *mysqlSource:
+		res.Reader = mysqlRawRead(ctx, s.m, binlogStart, table, n, b.s.DrainTimeout)
+	}
+	res.Producer = rawProduce(ctx, b.brokers, b.adm, uniq(t, "prod"), sample, n, b.s.DrainTimeout)
+	res.Producer.MBSec = res.Producer.EventsSec * res.RecordBytes / 1e6
+	res.Limit = minPositive(res.Reader.EventsSec, res.Producer.EventsSec)
+	if res.Limit > 0 {
+		res.Ratio = res.EventsSec / res.Limit
+	}
+	return res
+}
+
+// prepare runs the pipeline once in this process so that its start position
+// exists before the backlog is written: the PostgreSQL slot, or the MySQL
+// checkpoint committed at first start. Then it stops it.
+func (b *bench) prepare(ctx context.Context, t *tb, src source, db string, cfg *config.Pipeline) error {
+	ip, err := startInproc(cfg, pruntime.StageCapture)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if err := ip.failed(); err != nil {
+			return fmt.Errorf("prepare %s: %w", cfg.Name, err)
+		}
+		ok, err := b.ready(ctx, src, db, cfg, func() bool { return ip.P.CaptureStats.Transactions.Load() >= 1 })
+		if err != nil {
+			_ = ip.stop()
+			return err
+		}
+		if ok {
+			return ip.stop()
+		}
+		if time.Now().After(deadline) {
+			_ = ip.stop()
+			return fmt.Errorf("prepare %s: not streaming after 90s", cfg.Name)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// ready reports whether a freshly started pipeline is streaming: its
+// PostgreSQL slot exists, or its MySQL first-start checkpoint is committed
+// (committed() reports that, or the checkpoint topic shows it).
+func (b *bench) ready(ctx context.Context, src source, db string, cfg *config.Pipeline, committed func() bool) (bool, error) {
+	switch s := src.(type) {
+	case *pgSource:
+		c, err := pgx.Connect(ctx, s.pg.DSN(db))
+		if err != nil {
+			return false, err
+		}
+		defer c.Close(context.Background())
+		var n int
+		err = c.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1`, cfg.Source.Slot).Scan(&n)
+		return n > 0, err
+	default:
+		if committed != nil && committed() {
+			return true, nil
+		}
+		return b.adm.committedEnd(ctx, cfg.CheckpointTopic()) >= 4, nil
+	}
+}
+
+func minPositive(a, b float64) float64 {
+	switch {
+	case a <= 0:
+		return b
+	case b <= 0:
+		return a
+	}
+	return min(a, b)
+}
+
+func must(t *tb, err error) {
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+}
