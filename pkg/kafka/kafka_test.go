@@ -2,8 +2,16 @@ package kafka
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"strconv"
 	"testing"
@@ -133,4 +141,52 @@ func TestEmbeddedBrokerTakesNextFreePortAndPersists(t *testing.T) {
 	if fs.NumRecords() != 1 || string(fs.Records()[0].Value) != "survives" {
 		t.Fatalf("after restart read %d records: %v", fs.NumRecords(), fs.Err0())
 	}
+}
+
+// TestTLSWithCustomCA: the client verifies the broker against a CA from a
+// file (as kafka.tls.ca_file configures it) and refuses an unknown one.
+func TestTLSWithCustomCA(t *testing.T) {
+	caPEM, serverCfg := selfSignedTLS(t)
+	c := testharness.Kfake(t, kfake.TLS(serverCfg))
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatal("bad CA PEM")
+	}
+	good := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+	if err := roundTrip(t, ClientConfig{Brokers: c.ListenAddrs(), TLS: good}); err != nil {
+		t.Fatalf("TLS round trip: %v", err)
+	}
+	opts, _ := ClientConfig{Brokers: c.ListenAddrs(), TLS: &tls.Config{RootCAs: x509.NewCertPool(), MinVersion: tls.VersionTLS12}}.Opts()
+	cl, _ := kgo.NewClient(opts...)
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := cl.Ping(ctx); err == nil {
+		t.Fatal("a broker certificate from an unknown CA was accepted")
+	}
+}
+
+// selfSignedTLS makes a CA and a server certificate for 127.0.0.1.
+func selfSignedTLS(t *testing.T) ([]byte, *tls.Config) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "plume test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "broker"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 }
