@@ -37,15 +37,28 @@ func NewServer(p *runtime.Pipeline, m *Metrics, token string, log *slog.Logger) 
 }
 
 // Handler returns the full mux: /metrics, /healthz, /readyz and /api/v1/...
-func (s *Server) Handler() http.Handler {
+func (s *Server) Handler() http.Handler { return s.handler(true) }
+
+// handler builds the mux. Without a token the admin API is served only when
+// openAPI is true (a loopback listener); elsewhere it answers 403, while
+// metrics and health stay available (Kubernetes probes need them).
+func (s *Server) handler(openAPI bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.m.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.Handle("GET /api/v1/status", s.auth(http.HandlerFunc(s.status)))
-	mux.Handle("POST /api/v1/targets/{name}/pause", s.auth(http.HandlerFunc(s.pause(true))))
-	mux.Handle("POST /api/v1/targets/{name}/resume", s.auth(http.HandlerFunc(s.pause(false))))
-	mux.Handle("POST /api/v1/snapshot", s.auth(http.HandlerFunc(s.snapshot)))
+	auth := func(h http.HandlerFunc) http.Handler {
+		if s.token == "" && !openAPI {
+			return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				writeJSON(w, http.StatusForbidden, map[string]string{"error": "the admin API is disabled on this non-loopback listener: set admin.token"})
+			})
+		}
+		return s.auth(h)
+	}
+	mux.Handle("GET /api/v1/status", auth(s.status))
+	mux.Handle("POST /api/v1/targets/{name}/pause", auth(s.pause(true)))
+	mux.Handle("POST /api/v1/targets/{name}/resume", auth(s.pause(false)))
+	mux.Handle("POST /api/v1/snapshot", auth(s.snapshot))
 	return mux
 }
 
@@ -59,14 +72,15 @@ func (s *Server) Listen(addrs ...string) ([]string, error) {
 			continue
 		}
 		seen[a] = true
-		if s.token == "" && !isLoopback(a) {
-			return bound, fmt.Errorf("admin API on %s: a non-loopback listener needs admin.token", a)
+		open := isLoopback(a)
+		if s.token == "" && !open {
+			s.log.Warn("no admin.token: the admin API is disabled on this non-loopback listener (metrics and health stay on)", "addr", a)
 		}
 		ln, err := net.Listen("tcp", a)
 		if err != nil {
 			return bound, fmt.Errorf("ops listener %s: %w", a, err)
 		}
-		srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		srv := &http.Server{Handler: s.handler(open), ReadHeaderTimeout: 10 * time.Second}
 		s.servers = append(s.servers, srv)
 		bound = append(bound, ln.Addr().String())
 		go func() {
