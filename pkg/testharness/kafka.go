@@ -38,11 +38,7 @@ type KafkaServer struct {
 	closed bool
 }
 
-var sharedKafka struct {
-	once sync.Once
-	k    *KafkaServer
-	err  error
-}
+var sharedKafka sharedServer[*KafkaServer]
 
 // Kafka returns the Kafka broker shared by the whole test binary, starting
 // it on first use (and again if a test left it stopped). Tests should use
@@ -50,33 +46,17 @@ var sharedKafka struct {
 // skipped, or fails when CI=true.
 func Kafka(t testing.TB) *KafkaServer {
 	t.Helper()
-	sharedKafka.once.Do(func() {
-		start := time.Now()
-		sharedKafka.k, sharedKafka.err = newKafka()
-		if sharedKafka.err == nil {
-			t.Logf("testharness: Kafka started on port %d in %v", sharedKafka.k.Port, time.Since(start).Round(time.Millisecond))
-		}
-	})
-	if sharedKafka.err != nil {
-		unavailable(t, "Kafka", sharedKafka.err)
-	}
-	if err := sharedKafka.k.Start(); err != nil {
-		unavailable(t, "Kafka", err)
-	}
-	return sharedKafka.k
+	return sharedKafka.get(t, "Kafka", newKafka)
 }
 
 // NewKafka starts a Kafka broker dedicated to t and removes it at
 // t.Cleanup. Use it for tests that stop, kill or restart the broker.
 func NewKafka(t testing.TB) *KafkaServer {
 	t.Helper()
-	k, err := newKafka()
-	if err != nil {
-		unavailable(t, "Kafka", err)
-	}
-	t.Cleanup(func() { k.close() })
-	return k
+	return dedicated(t, "Kafka", newKafka)
 }
+
+func (k *KafkaServer) listenPort() int { return k.Port }
 
 func newKafka() (*KafkaServer, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)

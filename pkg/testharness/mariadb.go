@@ -39,44 +39,24 @@ type MySQL struct {
 	closed bool
 }
 
-var sharedMariaDB struct {
-	once sync.Once
-	m    *MySQL
-	err  error
-}
+var sharedMariaDB sharedServer[*MySQL]
 
 // MariaDB returns the MariaDB server shared by the whole test binary,
 // starting it on first use (and again if a test left it stopped). If it
 // cannot be started the test is skipped, or fails when CI=true.
 func MariaDB(t testing.TB) *MySQL {
 	t.Helper()
-	sharedMariaDB.once.Do(func() {
-		start := time.Now()
-		sharedMariaDB.m, sharedMariaDB.err = newMariaDB()
-		if sharedMariaDB.err == nil {
-			t.Logf("testharness: MariaDB started on port %d in %v", sharedMariaDB.m.Port, time.Since(start).Round(time.Millisecond))
-		}
-	})
-	if sharedMariaDB.err != nil {
-		unavailable(t, "MariaDB", sharedMariaDB.err)
-	}
-	if err := sharedMariaDB.m.Start(); err != nil {
-		unavailable(t, "MariaDB", err)
-	}
-	return sharedMariaDB.m
+	return sharedMariaDB.get(t, "MariaDB", newMariaDB)
 }
 
 // NewMariaDB starts a MariaDB server dedicated to t and removes it at
 // t.Cleanup. Use it for tests that stop, kill or restart the server.
 func NewMariaDB(t testing.TB) *MySQL {
 	t.Helper()
-	m, err := newMariaDB()
-	if err != nil {
-		unavailable(t, "MariaDB", err)
-	}
-	t.Cleanup(func() { m.close() })
-	return m
+	return dedicated(t, "MariaDB", newMariaDB)
 }
+
+func (m *MySQL) listenPort() int { return m.Port }
 
 func newMariaDB() (*MySQL, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)

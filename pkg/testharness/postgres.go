@@ -47,31 +47,14 @@ type PG struct {
 	options map[string]string
 }
 
-var sharedPG struct {
-	once sync.Once
-	pg   *PG
-	err  error
-}
+var sharedPG sharedServer[*PG]
 
 // Postgres returns the PostgreSQL server shared by the whole test binary,
 // starting it on first use (and again if a test left it stopped). If it
 // cannot be started the test is skipped, or fails when CI=true.
 func Postgres(t testing.TB) *PG {
 	t.Helper()
-	sharedPG.once.Do(func() {
-		start := time.Now()
-		sharedPG.pg, sharedPG.err = newPG()
-		if sharedPG.err == nil {
-			t.Logf("testharness: PostgreSQL started on port %d in %v", sharedPG.pg.Port, time.Since(start).Round(time.Millisecond))
-		}
-	})
-	if sharedPG.err != nil {
-		unavailable(t, "PostgreSQL", sharedPG.err)
-	}
-	if err := sharedPG.pg.ensureRunning(); err != nil {
-		unavailable(t, "PostgreSQL", err)
-	}
-	return sharedPG.pg
+	return sharedPG.get(t, "PostgreSQL", newPG)
 }
 
 // SetServerOption overrides a server setting (as `-c name=value` on the
@@ -91,13 +74,10 @@ func (p *PG) SetServerOption(name, value string) {
 // t.Cleanup. Use it for tests that stop, kill or restart the server.
 func NewPostgres(t testing.TB) *PG {
 	t.Helper()
-	pg, err := newPG()
-	if err != nil {
-		unavailable(t, "PostgreSQL", err)
-	}
-	t.Cleanup(func() { pg.close() })
-	return pg
+	return dedicated(t, "PostgreSQL", newPG)
 }
+
+func (p *PG) listenPort() int { return p.Port }
 
 func newPG() (*PG, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
@@ -288,12 +268,6 @@ func (p *PG) Running() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.proc != nil && !p.proc.exited()
-}
-
-func (p *PG) ensureRunning() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.startLocked()
 }
 
 // close stops the server for good and removes its files.

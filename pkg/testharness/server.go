@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
+	"testing"
 	"time"
 )
 
@@ -65,4 +67,50 @@ func runLogged(cmd *exec.Cmd, logPath string) error {
 		return fmt.Errorf("%s: %v; last log lines of %s:\n%s", strings.Join(cmd.Args, " "), p.err, logPath, p.logTail(30))
 	}
 	return nil
+}
+
+// managed is what the shared and dedicated helpers need of a server.
+type managed interface {
+	Start() error // starts it if it is not running
+	close()       // stops it for good and removes its files
+	listenPort() int
+}
+
+// sharedServer is one server per test binary, started on first use.
+type sharedServer[S managed] struct {
+	once sync.Once
+	s    S
+	err  error
+}
+
+// get returns the shared server, starting it on first use and again if a
+// test left it stopped. A server that cannot start skips the test, or
+// fails it when CI=true.
+func (sh *sharedServer[S]) get(t testing.TB, name string, start func() (S, error)) S {
+	t.Helper()
+	sh.once.Do(func() {
+		began := time.Now()
+		sh.s, sh.err = start()
+		if sh.err == nil {
+			t.Logf("testharness: %s started on port %d in %v", name, sh.s.listenPort(), time.Since(began).Round(time.Millisecond))
+		}
+	})
+	if sh.err != nil {
+		unavailable(t, name, sh.err)
+	}
+	if err := sh.s.Start(); err != nil {
+		unavailable(t, name, err)
+	}
+	return sh.s
+}
+
+// dedicated starts a server for t alone and removes it at t.Cleanup.
+func dedicated[S managed](t testing.TB, name string, start func() (S, error)) S {
+	t.Helper()
+	s, err := start()
+	if err != nil {
+		unavailable(t, name, err)
+	}
+	t.Cleanup(s.close)
+	return s
 }
