@@ -91,8 +91,9 @@ func run() int {
 				srcs = append(srcs, &pgSource{pg: testharness.Postgres(root)})
 			case "mysql":
 				srcs = append(srcs, &mysqlSource{m: testharness.MariaDB(root)})
+			case "none": // target workloads only
 			default:
-				root.Fatalf("unknown source %q (BENCH_SOURCES: mysql,postgres)", kind)
+				root.Fatalf("unknown source %q (BENCH_SOURCES: mysql,postgres or none)", kind)
 			}
 		}
 	})
@@ -152,6 +153,7 @@ func run() int {
 			})
 		}
 	}
+	b.runTargetBenches(step)
 	if len(b.res.Reruns) == 0 {
 		b.res.Finished = time.Now().UTC().Format(time.RFC3339)
 		b.res.Minutes = time.Since(started).Minutes()
@@ -180,6 +182,9 @@ func render(file, from string) int {
 			}
 			for _, e := range o.E2E {
 				r.addE2E(e)
+			}
+			for _, x := range o.TargetRuns {
+				r.addTarget(x)
 			}
 			r.Reruns = append(r.Reruns, o.Reruns...)
 			r.Errors = append(r.Errors, o.Errors...)

@@ -25,6 +25,8 @@ type Results struct {
 	Latency   []*LatencyResult  `json:"sustained_latency"`
 	Snapshots []*SnapshotResult `json:"snapshot"`
 	E2E       []*E2EResult      `json:"end_to_end"`
+	// TargetRuns are the target workloads (bench/targets.go).
+	TargetRuns []*TargetResult `json:"targets_delivery,omitempty"`
 	Errors    []string          `json:"errors,omitempty"`
 	// Reruns lists workloads measured again later (BENCH_MERGE=1): their
 	// results replaced the earlier ones; measured_at tells which is which.
@@ -325,6 +327,7 @@ func (r *Results) markdown() string {
 		p("")
 		p("Applied time is the target row's applied_at column (DEFAULT clock_timestamp() / CURRENT_TIMESTAMP(6)), set when the sql target inserts it. The http target is not in the plume binary yet (connectors/http is not registered in cmd/plume), so it is not measured.")
 	}
+	r.targetsMarkdown(p)
 	var profs []string
 	for _, d := range r.Drains {
 		if d.Profile != nil {

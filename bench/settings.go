@@ -22,7 +22,7 @@ type Settings struct {
 	E2ERows       int           `json:"e2e_rows"`           // BENCH_E2E_ROWS backlog for end to end
 	E2ERate       int           `json:"e2e_rate"`           // BENCH_E2E_RATE changes/s for end-to-end latency
 	Sources       []string      `json:"sources"`            // BENCH_SOURCES: mysql,postgres
-	Workloads     []string      `json:"workloads"`          // BENCH_WORKLOADS: drain,latency,snapshot,e2e
+	Workloads     []string      `json:"workloads"`          // BENCH_WORKLOADS: drain,latency,snapshot,e2e and the target workloads (bench/targets.go)
 	DrainTimeout  time.Duration `json:"drain_timeout"`      // BENCH_TIMEOUT: bound of every wait
 	WriterConns   int           `json:"writer_conns"`       // BENCH_WRITERS: connections of the open-loop writer
 	ProfileInProc bool          `json:"profile_in_process"` // BENCH_PROFILE=0 skips the in-process profiled runs
@@ -43,7 +43,7 @@ func loadSettings() Settings {
 		E2ERows:       envInt("BENCH_E2E_ROWS", pick(q, 20_000, 200_000)),
 		E2ERate:       envInt("BENCH_E2E_RATE", 2_000),
 		Sources:       envList("BENCH_SOURCES", []string{"mysql", "postgres"}),
-		Workloads:     envList("BENCH_WORKLOADS", []string{"drain", "latency", "snapshot", "e2e"}),
+		Workloads:     envList("BENCH_WORKLOADS", append([]string{"drain", "latency", "snapshot", "e2e"}, targetBenchNames()...)),
 		DrainTimeout:  envDur("BENCH_TIMEOUT", pick(q, 2*time.Minute, 6*time.Minute)),
 		WriterConns:   envInt("BENCH_WRITERS", 4),
 		ProfileInProc: env("BENCH_PROFILE", "1") != "0",
