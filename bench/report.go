@@ -27,7 +27,7 @@ type Results struct {
 	E2E       []*E2EResult      `json:"end_to_end"`
 	// TargetRuns are the target workloads (bench/targets.go).
 	TargetRuns []*TargetResult `json:"targets_delivery,omitempty"`
-	Errors    []string          `json:"errors,omitempty"`
+	Errors     []string        `json:"errors,omitempty"`
 	// Reruns lists workloads measured again later (BENCH_MERGE=1): their
 	// results replaced the earlier ones; measured_at tells which is which.
 	Reruns []string `json:"reruns,omitempty"`
