@@ -152,6 +152,14 @@ func run() int {
 				b.e2e(t, src, r)
 			})
 		}
+		if s.has("route") {
+			step("route-"+src.Kind(), func(t *tb) {
+				r := &RouteResult{Load: startLoad()}
+				b.res.addRoute(r)
+				defer func() { r.Load.End = loadAvg() }()
+				b.route(t, src, r)
+			})
+		}
 	}
 	b.runTargetBenches(step)
 	if len(b.res.Reruns) == 0 {
@@ -182,6 +190,9 @@ func render(file, from string) int {
 			}
 			for _, e := range o.E2E {
 				r.addE2E(e)
+			}
+			for _, x := range o.Routes {
+				r.addRoute(x)
 			}
 			for _, x := range o.TargetRuns {
 				r.addTarget(x)

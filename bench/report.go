@@ -25,6 +25,8 @@ type Results struct {
 	Latency   []*LatencyResult  `json:"sustained_latency"`
 	Snapshots []*SnapshotResult `json:"snapshot"`
 	E2E       []*E2EResult      `json:"end_to_end"`
+	// Routes are the router workload (bench/route.go).
+	Routes []*RouteResult `json:"router,omitempty"`
 	// TargetRuns are the target workloads (bench/targets.go).
 	TargetRuns []*TargetResult `json:"targets_delivery,omitempty"`
 	Errors     []string        `json:"errors,omitempty"`
@@ -326,6 +328,19 @@ func (r *Results) markdown() string {
 		}
 		p("")
 		p("Applied time is the target row's applied_at column (DEFAULT clock_timestamp() / CURRENT_TIMESTAMP(6)), set when the sql target inserts it. The http target is not in the plume binary yet (connectors/http is not registered in cmd/plume), so it is not measured.")
+	}
+	if len(r.Routes) > 0 {
+		p("")
+		p("## 5. Router (Kafka -> router -> target, `plume run --stage route`)")
+		p("")
+		p("| source | events | bare consume events/s | bare consume CPU-µs/event | route, all filtered: events/s | CPU-µs/event | router overhead CPU-µs/event | peak RSS MB | http target events/s | CPU-µs/event | requests | peak RSS MB | load start/end |")
+		p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+		for _, x := range r.Routes {
+			p("| %s | %s | %s | %.2f | **%s** | %.2f | **%.2f** | %.0f | **%s** | %.2f | %d | %.0f | %.1f / %.1f |%s", x.Source, num(float64(x.Events)), num(x.BareEventsSec), x.BareCPUUsEvent,
+				num(x.FilterEventsSec), x.FilterCPUUsEvent, x.OverheadUs, x.FilterPeakRSSMB, num(x.HTTPEventsSec), x.HTTPCPUUsEvent, x.HTTPRequests, x.HTTPPeakRSSMB, x.Load.Start, x.Load.End, errNote(x.Err))
+		}
+		p("")
+		p("The backlog (100 B rows) is captured first; then each consumer reads the same records from the start. Bare consume: franz-go (read_committed, 1 MiB fetches, no decoding) in the benchmark process, CPU from getrusage. Route, all filtered: one route whose `when` (`table == \"nothing\" || number(after.id) < 0`) is evaluated for every event and is false, so the figure is consume + decode + evaluate + checkpoint, with no target I/O; events/s counts from process start (start-up included) to the consumer group's commit of the last offset. http target: batch mode, 500 events per request, 2 in flight, into a minimal receiver in the benchmark process that parses each batch.")
 	}
 	r.targetsMarkdown(p)
 	var profs []string

@@ -43,7 +43,7 @@ func loadSettings() Settings {
 		E2ERows:       envInt("BENCH_E2E_ROWS", pick(q, 20_000, 200_000)),
 		E2ERate:       envInt("BENCH_E2E_RATE", 2_000),
 		Sources:       envList("BENCH_SOURCES", []string{"mysql", "postgres"}),
-		Workloads:     envList("BENCH_WORKLOADS", append([]string{"drain", "latency", "snapshot", "e2e"}, targetBenchNames()...)),
+		Workloads:     envList("BENCH_WORKLOADS", append([]string{"drain", "latency", "snapshot", "e2e", "route"}, targetBenchNames()...)),
 		DrainTimeout:  envDur("BENCH_TIMEOUT", pick(q, 2*time.Minute, 6*time.Minute)),
 		WriterConns:   envInt("BENCH_WRITERS", 4),
 		ProfileInProc: env("BENCH_PROFILE", "1") != "0",
