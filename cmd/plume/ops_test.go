@@ -65,26 +65,36 @@ func TestOperationsEndToEnd(t *testing.T) {
 				}
 				key := name
 				for _, l := range m.Label {
-					if l.GetName() == "target" || l.GetName() == "result" {
+					switch l.GetName() {
+					case "target", "result", "op", "state", "route":
 						key += "{" + l.GetValue() + "}"
 					}
 				}
 				out[key] += v
+				out[name+"(sum)"] += v
 			}
 		}
 		return out
 	}
 	before := scrape()
 	for _, name := range []string{"plume_capture_events_total", "plume_kafka_transactions_total{committed}", "plume_target_delivered_total{erp}",
-		"plume_source_lag_bytes", "plume_target_batch_size{erp}", "plume_kafka_transaction_commit_seconds", "go_goroutines", "process_resident_memory_bytes"} {
+		"plume_source_lag_bytes", "plume_target_batch_size{erp}", "plume_kafka_transaction_commit_seconds", "go_goroutines", "process_resident_memory_bytes",
+		"plume_source_events_total{read}", "plume_target_lag_events{erp}", "plume_router_events_total{products-to-erp}{erp}",
+		"plume_snapshot_chunks{done}", "plume_snapshot_chunks{total}", "plume_snapshot_rows_total(sum)", "plume_snapshot_remaining_rows(sum)"} {
 		if _, ok := before[name]; !ok {
 			t.Errorf("metric %s is missing", name)
 		}
 	}
+	// The initial snapshot (50 rows, one chunk) is complete.
+	if before["plume_snapshot_rows_total(sum)"] != 50 || before["plume_snapshot_chunks{done}"] != 1 || before["plume_snapshot_remaining_rows(sum)"] != 0 {
+		t.Errorf("snapshot progress: rows %v, chunks done %v, remaining rows %v; want 50, 1, 0", before["plume_snapshot_rows_total(sum)"],
+			before["plume_snapshot_chunks{done}"], before["plume_snapshot_remaining_rows(sum)"])
+	}
 	e.pg.Exec(t, e.srcDB, `UPDATE products SET price = price + 1 WHERE id <= 20`)
 	e.waitInSync(30 * time.Second)
 	after := scrape()
-	for _, name := range []string{"plume_capture_events_total", "plume_target_delivered_total{erp}"} {
+	for _, name := range []string{"plume_capture_events_total", "plume_target_delivered_total{erp}", "plume_source_events_total{update}",
+		"plume_router_events_total{products-to-erp}{erp}"} {
 		if after[name] < before[name]+20 {
 			t.Errorf("%s moved from %v to %v, want +20", name, before[name], after[name])
 		}

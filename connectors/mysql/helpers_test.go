@@ -58,6 +58,32 @@ type recEmitter struct {
 	count     int64 // changes emitted in total (also uncommitted)
 	// onEmit, if set, is called for every change (under no lock).
 	onEmit func(*event.Change) error
+	// progress records snapshot progress reports per table:
+	// [planned total, chunk reports, last reports].
+	progress map[string]*[3]int
+}
+
+func (e *recEmitter) SnapshotPlan(table string, _, total int, _ int64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.progress == nil {
+		e.progress = map[string]*[3]int{}
+	}
+	e.progress[table] = &[3]int{total, 0, 0}
+}
+
+func (e *recEmitter) SnapshotChunk(table string, last bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p := e.progress[table]
+	if p == nil {
+		p = &[3]int{-1, 0, 0}
+		e.progress[table] = p
+	}
+	p[1]++
+	if last {
+		p[2]++
+	}
 }
 
 func (e *recEmitter) Emit(ctx context.Context, c *event.Change) error {

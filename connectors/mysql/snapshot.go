@@ -10,6 +10,7 @@ import (
 	"time"
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/plumecdc/plume/pkg/capture"
 	"github.com/plumecdc/plume/pkg/event"
 )
 
@@ -80,6 +81,7 @@ type snapshotRun struct {
 	flavor  string
 	tracker *dirtyTracker
 	schema  *schemaCache
+	em      capture.Emitter // for snapshot progress reports only
 
 	ordered chan *chunk   // planner -> emitter, in emission order
 	jobs    chan *chunk   // planner -> workers
@@ -105,7 +107,7 @@ func (st *streamer) startSnapshot(ctx context.Context) error {
 	rctx, cancel := context.WithCancel(ctx)
 	r := &snapshotRun{
 		s: st.s, st: state.clone(), mode: state.Mode, flavor: st.info.Flavor,
-		tracker: newDirtyTracker(st.cur),
+		tracker: newDirtyTracker(st.cur), em: st.em,
 		schema:  newSchemaCache(st.s.filter, st.s.cfg.Keys, st.info.Collations, st.s.log),
 		ordered: make(chan *chunk, st.s.cfg.SnapshotWorkers),
 		jobs:    make(chan *chunk),
@@ -216,6 +218,7 @@ func (r *snapshotRun) plan() {
 		if ti == 0 {
 			lo = after
 		}
+		r.reportPlan(c, info)
 		for {
 			hi, err := r.boundary(c, info, lo)
 			if isNoSuchTable(err) {
@@ -244,6 +247,29 @@ func (r *snapshotRun) plan() {
 			lo = hi
 		}
 	}
+}
+
+// reportPlan reports a table's estimated size for the progress metrics:
+// InnoDB's TABLE_ROWS estimate, in chunks of SnapshotChunkSize. A resumed
+// table counts its chunks from the resume point.
+func (r *snapshotRun) reportPlan(c *conn, info *tableInfo) {
+	var rows int64
+	_ = c.stream(r.ctx, "SELECT COALESCE(TABLE_ROWS, 0) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+		[]any{info.table.Database, info.table.Name}, func(row []gomysql.FieldValue) error {
+			if len(row) > 0 {
+				if v, ok := row[0].Value().(uint64); ok {
+					rows = int64(v)
+				} else if v, ok := row[0].Value().(int64); ok {
+					rows = v
+				}
+			}
+			return nil
+		})
+	chunks := 1
+	if len(info.keyCols) > 0 && rows > 0 {
+		chunks = int((rows + int64(r.s.cfg.SnapshotChunkSize) - 1) / int64(r.s.cfg.SnapshotChunkSize))
+	}
+	capture.ReportSnapshotPlan(r.em, info.table.QualifiedName(), 0, chunks, rows)
 }
 
 func (r *snapshotRun) send(ch *chunk, work bool) bool {

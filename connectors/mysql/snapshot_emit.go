@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/plumecdc/plume/pkg/capture"
 	"github.com/plumecdc/plume/pkg/event"
 )
 
@@ -115,7 +116,11 @@ func (st *streamer) emitChunk(ctx context.Context, ch *chunk) error {
 		st.s.lastSnapshot.Store(state)
 		st.snapState = nil
 	}
-	return st.commit(ctx)
+	if err := st.commit(ctx); err != nil {
+		return err
+	}
+	capture.ReportSnapshotChunk(st.em, ch.table, ch.last)
+	return nil
 }
 
 func (st *streamer) finishSnapshot(ctx context.Context) error {

@@ -201,6 +201,13 @@ func runSnapshotUnderWrites(t *testing.T, mode string) {
 	if reads < rows/2 {
 		t.Errorf("only %d snapshot reads", reads)
 	}
+	// Progress reports (metrics): planned from the table statistics, one
+	// report per chunk, the last one saying done.
+	em.mu.Lock()
+	defer em.mu.Unlock()
+	if p := em.progress[db+".s"]; p == nil || p[0] < 1 || p[1] < chunks || p[2] != 1 {
+		t.Errorf("progress reports of %s.s: %v (planned chunks, chunk reports, last), want [>0 >=%d 1]", db, p, chunks)
+	}
 }
 
 func TestSnapshotWatermarkUnderConcurrentWrites(t *testing.T) {

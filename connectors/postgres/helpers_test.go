@@ -43,6 +43,32 @@ type recorder struct {
 	onEmit func(*event.Change)
 	// failCommit, if set, makes Commit fail with it.
 	failCommit error
+	// progress records snapshot progress reports per table:
+	// [chunks done at plan, chunks total, chunk reports, last reported].
+	progress map[string]*[4]int
+}
+
+func (r *recorder) SnapshotPlan(table string, done, total int, _ int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.progress == nil {
+		r.progress = map[string]*[4]int{}
+	}
+	r.progress[table] = &[4]int{done, total, 0, 0}
+}
+
+func (r *recorder) SnapshotChunk(table string, last bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.progress[table]
+	if p == nil {
+		p = &[4]int{-1, -1, 0, 0}
+		r.progress[table] = p
+	}
+	p[2]++
+	if last {
+		p[3]++
+	}
 }
 
 func newRecorder(src *Source, ack bool) *recorder {

@@ -140,6 +140,16 @@ func (s *Source) snapshot(ctx context.Context, em capture.Emitter, meta *pgx.Con
 		}
 	}
 	s.log.Info("snapshot", "tables", len(st.Tables), "chunks_to_read", len(tasks), "point", exp.point, "stream_start", st.ID)
+	for _, stb := range st.Tables {
+		// Chunks are cut every SnapshotChunkSize rows (row_number), so
+		// chunks x size estimates the table's rows (the last chunk is
+		// partial). A table in one chunk has no estimate.
+		var rows int64
+		if len(stb.Bounds) > 0 {
+			rows = int64(stb.chunks()) * int64(s.cfg.SnapshotChunkSize)
+		}
+		capture.ReportSnapshotPlan(em, stb.Table, stb.chunks()-unread(stb), stb.chunks(), rows)
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -187,6 +197,7 @@ func (s *Source) snapshot(ctx context.Context, em capture.Emitter, meta *pgx.Con
 		if err := em.Commit(ctx, cp.encode()); err != nil {
 			return err
 		}
+		capture.ReportSnapshotChunk(em, out.stb.Table, unread(out.stb) == 0)
 		if s.chunkHook != nil {
 			s.chunkHook()
 		}
@@ -197,6 +208,17 @@ func (s *Source) snapshot(ctx context.Context, em capture.Emitter, meta *pgx.Con
 	}
 	s.log.Info("snapshot done", "stream_start", st.ID)
 	return nil
+}
+
+// unread counts the chunks of t not read yet.
+func unread(t *snapTable) int {
+	n := 0
+	for _, r := range t.Read {
+		if r == 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // importSnapshot opens one connection per worker, each in a repeatable-read

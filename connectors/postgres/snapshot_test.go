@@ -125,6 +125,16 @@ func TestSnapshotChunks(t *testing.T) {
 	if progress != chunks+1 { // + the final "done" commit
 		t.Errorf("%d snapshot progress commits, want %d chunks + 1", progress, chunks)
 	}
+	// Progress reports (metrics): each table planned with all its chunks
+	// unread, then one report per chunk, the last one saying done.
+	rec.mu.Lock()
+	for _, tb := range plan.Snap.Tables {
+		p := rec.progress[tb.Table]
+		if p == nil || p[0] != 0 || p[1] != len(tb.Read) || p[2] != len(tb.Read) || p[3] != 1 {
+			t.Errorf("progress reports of %s: %v (plan done, total, chunks, last), want [0 %d %d 1]", tb.Table, p, len(tb.Read), len(tb.Read))
+		}
+	}
+	rec.mu.Unlock()
 	for _, c := range snapRows {
 		if c.Op != event.OpRead || c.Pos != "snapshot:"+p1 || c.TxID != "" || c.Commit.Before(start.Add(-time.Second)) || c.Commit.After(time.Now()) {
 			t.Fatalf("snapshot row %s: op %c pos %s commit %v", c.ID(), c.Op, c.Pos, c.Commit)

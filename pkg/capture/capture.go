@@ -110,6 +110,8 @@ type Stats struct {
 	CommitLatency func(time.Duration)
 	// Running is true while the source runs.
 	Running atomic.Bool
+
+	tc tableCounts // per table and op; snapshot progress (progress.go)
 }
 
 // Run captures src into Kafka until ctx is done or something fails.

@@ -51,14 +51,17 @@ type producer struct {
 	topics map[string]bool // topics known to exist
 
 	mu          sync.Mutex
-	inTxn       bool      // a Kafka transaction is open
-	inSourceTxn bool      // Emit was called since the last Commit
-	txnStart    time.Time // when the open Kafka transaction began
-	txnEvents   int       // events in the open Kafka transaction
-	txnBytes    int64     // record bytes in the open Kafka transaction
-	pending     []byte    // checkpoint of the last complete source txn in it
-	newest      time.Time // newest source commit time in the open transaction
-	err         error     // first failure; sticky
+	inTxn       bool              // a Kafka transaction is open
+	inSourceTxn bool              // Emit was called since the last Commit
+	txnStart    time.Time         // when the open Kafka transaction began
+	txnEvents   int               // events in the open Kafka transaction
+	txnBytes    int64             // record bytes in the open Kafka transaction
+	pending     []byte            // checkpoint of the last complete source txn in it
+	newest      time.Time         // newest source commit time in the open transaction
+	txnTables   map[TableOp]int64 // events per table and op in the open transaction
+	lastTable   *event.Table      // the table of the last Emit, and its name
+	lastName    string
+	err         error // first failure; sticky
 
 	produceErr   error
 	produceErrMu sync.Mutex
@@ -97,6 +100,13 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 	}
 	p.produce(rec)
 	p.txnEvents++
+	if c.Table != p.lastTable {
+		p.lastTable, p.lastName = c.Table, c.Table.QualifiedName()
+	}
+	if p.txnTables == nil {
+		p.txnTables = map[TableOp]int64{}
+	}
+	p.txnTables[TableOp{p.lastName, c.Op}]++
 	p.txnBytes += int64(recordSize(rec))
 	if c.Commit.After(p.newest) {
 		p.newest = c.Commit
@@ -159,6 +169,7 @@ func (p *producer) beginLocked() error {
 		return classify(err)
 	}
 	p.inTxn, p.txnStart, p.txnEvents, p.txnBytes, p.pending, p.newest = true, time.Now(), 0, 0, nil, time.Time{}
+	clear(p.txnTables) // counts of an aborted transaction are not kept
 	return nil
 }
 
@@ -185,6 +196,8 @@ func (p *producer) commitLocked(ctx context.Context) error {
 	p.stats.Transactions.Add(1)
 	p.stats.Events.Add(int64(p.txnEvents))
 	p.stats.Bytes.Add(p.txnBytes)
+	p.stats.addTableEvents(p.txnTables)
+	clear(p.txnTables)
 	now := time.Now()
 	p.stats.LastCommit.Store(now.UnixNano())
 	if !p.newest.IsZero() {

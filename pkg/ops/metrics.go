@@ -68,17 +68,24 @@ type stageCollector struct {
 }
 
 var (
-	descCaptureEvents  = "plume_capture_events_total"
-	descCaptureTxns    = "plume_kafka_transactions_total"
-	descSourceLagBytes = "plume_source_lag_bytes"
-	descSourceLagSecs  = "plume_source_lag_seconds"
-	descCheckpointAge  = "plume_checkpoint_age_seconds"
-	descDelivered      = "plume_target_delivered_total"
-	descDeadLetters    = "plume_target_dead_letters_total"
-	descRetries        = "plume_target_retries_total"
-	descTargetLagSecs  = "plume_target_lag_seconds"
-	descTargetPaused   = "plume_target_paused"
-	descTargetFailing  = "plume_target_failing_seconds"
+	descCaptureEvents   = "plume_capture_events_total"
+	descCaptureTxns     = "plume_kafka_transactions_total"
+	descSourceLagBytes  = "plume_source_lag_bytes"
+	descSourceLagSecs   = "plume_source_lag_seconds"
+	descCheckpointAge   = "plume_checkpoint_age_seconds"
+	descDelivered       = "plume_target_delivered_total"
+	descDeadLetters     = "plume_target_dead_letters_total"
+	descRetries         = "plume_target_retries_total"
+	descTargetLagSecs   = "plume_target_lag_seconds"
+	descTargetPaused    = "plume_target_paused"
+	descSourceEvents    = "plume_source_events_total"
+	descSnapRows        = "plume_snapshot_rows_total"
+	descSnapChunks      = "plume_snapshot_chunks"
+	descSnapRemRows     = "plume_snapshot_remaining_rows"
+	descSnapRemSecs     = "plume_snapshot_remaining_seconds"
+	descRouted          = "plume_router_events_total"
+	descTargetLagEvents = "plume_target_lag_events"
+	descTargetFailing   = "plume_target_failing_seconds"
 )
 
 func (c *stageCollector) desc(name, help string, labels ...string) *prometheus.Desc {
@@ -113,8 +120,36 @@ func (c *stageCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.desc(descCheckpointAge, "Seconds since the stage last checkpointed.", "stage"),
 				prometheus.GaugeValue, time.Since(time.Unix(0, last)).Seconds(), "capture")
 		}
+		perTable := c.desc(descSourceEvents, "Change events committed to Kafka by capture, per source table and operation (insert, update, delete, read = snapshot row, truncate).", "table", "op")
+		for k, v := range st.TableEvents() {
+			ch <- prometheus.MustNewConstMetric(perTable, prometheus.CounterValue, float64(v), k.Table, k.Op.String())
+		}
+		now := time.Now()
+		for _, sp := range st.Snapshots() {
+			ch <- prometheus.MustNewConstMetric(c.desc(descSnapRows, "Snapshot rows of a table committed to Kafka by this process.", "table"), prometheus.CounterValue, float64(sp.RowsRead), sp.Table)
+			chunks := c.desc(descSnapChunks, "Snapshot chunks of a table: done, and total (estimated from the table statistics where the source plans as it goes).", "table", "state")
+			ch <- prometheus.MustNewConstMetric(chunks, prometheus.GaugeValue, float64(sp.ChunksDone), sp.Table, "done")
+			ch <- prometheus.MustNewConstMetric(chunks, prometheus.GaugeValue, float64(sp.ChunksTotal), sp.Table, "total")
+			if r := sp.RemainingRows(); r >= 0 {
+				ch <- prometheus.MustNewConstMetric(c.desc(descSnapRemRows, "Estimated snapshot rows of a table still to read.", "table"), prometheus.GaugeValue, float64(r), sp.Table)
+			}
+			if r := sp.RemainingSeconds(now); r >= 0 {
+				ch <- prometheus.MustNewConstMetric(c.desc(descSnapRemSecs, "Estimated seconds until a table's snapshot is done, from this process's chunk rate.", "table"), prometheus.GaugeValue, r, sp.Table)
+			}
+		}
+	}
+	for name, routes := range p.Routed {
+		for route, n := range routes {
+			ch <- prometheus.MustNewConstMetric(c.desc(descRouted, "Messages a route produced for a target.", "target", "route"), prometheus.CounterValue, float64(n.Load()), name, route)
+		}
 	}
 	for name, ts := range p.TargetStats {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		lag, err := p.TargetLag(ctx, name)
+		cancel()
+		if err == nil {
+			ch <- prometheus.MustNewConstMetric(c.desc(descTargetLagEvents, "Offsets a target's consumer group is behind the topics' last stable offsets (Kafka consumer lag; a trailing transaction marker counts as one).", "target"), prometheus.GaugeValue, float64(lag), name)
+		}
 		ch <- prometheus.MustNewConstMetric(c.desc(descDelivered, "Messages applied by a target.", "target"), prometheus.CounterValue, float64(ts.Delivered.Load()), name)
 		ch <- prometheus.MustNewConstMetric(c.desc(descDeadLetters, "Events a target sent to the dead-letter queue.", "target"), prometheus.CounterValue, float64(ts.DeadLetter.Load()), name)
 		ch <- prometheus.MustNewConstMetric(c.desc(descRetries, "Failed target attempts that were retried.", "target"), prometheus.CounterValue, float64(ts.Retries.Load()), name)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/plumecdc/plume/pkg/capture"
 	"github.com/plumecdc/plume/pkg/runtime"
 )
 
@@ -159,6 +160,15 @@ type CaptureStatus struct {
 	LastCheckpoint  *time.Time `json:"last_checkpoint,omitempty"`
 	LagError        string     `json:"lag_error,omitempty"`
 	CheckpointTopic string     `json:"checkpoint_topic"`
+	// Snapshots is the progress of every table snapshotted since start.
+	Snapshots []SnapshotStatus `json:"snapshots,omitempty"`
+}
+
+// SnapshotStatus is one table's snapshot progress.
+type SnapshotStatus struct {
+	capture.SnapshotProgress
+	RemainingRows    *int64   `json:"remaining_rows_estimate,omitempty"`
+	RemainingSeconds *float64 `json:"remaining_seconds_estimate,omitempty"`
 }
 
 // TargetStatus describes one target.
@@ -170,6 +180,9 @@ type TargetStatus struct {
 	FailingSince   *time.Time `json:"failing_since,omitempty"`
 	LastError      string     `json:"last_error,omitempty"`
 	LastCheckpoint *time.Time `json:"last_checkpoint,omitempty"`
+	LagEvents      *int64     `json:"lag_events,omitempty"`
+	// Routed is the messages each route produced for the target.
+	Routed map[string]int64 `json:"routed,omitempty"`
 }
 
 func unixTime(ns int64) *time.Time {
@@ -196,6 +209,17 @@ func (s *Server) Snapshot(ctx context.Context) Status {
 		} else {
 			c.LagError = err.Error()
 		}
+		now := time.Now()
+		for _, sp := range cs.Snapshots() {
+			ss := SnapshotStatus{SnapshotProgress: sp}
+			if r := sp.RemainingRows(); r >= 0 {
+				ss.RemainingRows = &r
+			}
+			if r := sp.RemainingSeconds(now); r >= 0 {
+				ss.RemainingSeconds = &r
+			}
+			c.Snapshots = append(c.Snapshots, ss)
+		}
 		if !c.Running {
 			st.Ready = false
 			st.Reasons = append(st.Reasons, "capture: the source is not streaming")
@@ -210,6 +234,15 @@ func (s *Server) Snapshot(ctx context.Context) Status {
 			Paused: ts.Paused.Load(), Delivered: ts.Delivered.Load(), DeadLetters: ts.DeadLetter.Load(),
 			Retries: ts.Retries.Load(), FailingSince: unixTime(ts.FailingSince.Load()),
 			LastCheckpoint: unixTime(ts.LastCheckpoint.Load()),
+		}
+		if lag, err := p.TargetLag(ctx, name); err == nil {
+			t.LagEvents = &lag
+		}
+		for route, n := range p.Routed[name] {
+			if t.Routed == nil {
+				t.Routed = map[string]int64{}
+			}
+			t.Routed[route] = n.Load()
 		}
 		if e, _ := ts.LastError.Load().(string); e != "" && t.FailingSince != nil {
 			t.LastError = e

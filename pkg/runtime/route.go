@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"errors"
+	"sync/atomic"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -12,10 +13,18 @@ import (
 // routerAdapter presents a target's compiled routes to the delivery layer,
 // turning the router's per-route evaluation errors into target.RouteErrors
 // (one dead letter each).
-type routerAdapter struct{ tr *router.TargetRoutes }
+type routerAdapter struct {
+	tr     *router.TargetRoutes
+	routed map[string]*atomic.Int64 // messages produced per route (metrics)
+}
 
 func (a routerAdapter) Eval(rec *kgo.Record) ([]target.Message, error) {
 	msgs, err := a.tr.Eval(rec)
+	for i := range msgs {
+		if c := a.routed[msgs[i].Route]; c != nil {
+			c.Add(1)
+		}
+	}
 	if err == nil {
 		return msgs, nil
 	}

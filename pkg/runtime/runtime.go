@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -51,6 +52,12 @@ type Pipeline struct {
 	src          capture.Source // the running source, nil between restarts
 	CaptureStats capture.Stats
 	TargetStats  map[string]*target.DeliveryStats
+	// Routed counts the messages each route produced for each target
+	// (target -> route -> count), for the metrics.
+	Routed map[string]map[string]*atomic.Int64
+
+	admMu sync.Mutex
+	adm   *kadm.Client // for lag queries, created on first use
 }
 
 // ClientConfig maps the pipeline's kafka block to client settings. With the
@@ -85,10 +92,19 @@ func New(cfg *config.Pipeline, stage Stage, log *slog.Logger) (*Pipeline, error)
 	if err != nil {
 		return nil, err
 	}
-	p := &Pipeline{Cfg: cfg, Log: log, Stage: stage, Router: r, topic: topic, TargetStats: map[string]*target.DeliveryStats{}}
+	p := &Pipeline{Cfg: cfg, Log: log, Stage: stage, Router: r, topic: topic, TargetStats: map[string]*target.DeliveryStats{},
+		Routed: map[string]map[string]*atomic.Int64{}}
 	if stage == StageAll || stage == StageRoute {
 		for _, name := range cfg.TargetNames() {
 			p.TargetStats[name] = &target.DeliveryStats{}
+			p.Routed[name] = map[string]*atomic.Int64{}
+		}
+		for _, rt := range cfg.Routes {
+			for _, to := range rt.To {
+				if m := p.Routed[to]; m != nil {
+					m[rt.Name] = new(atomic.Int64)
+				}
+			}
 		}
 	}
 	p.Store, err = offsets.Open(filepath.Join(cfg.StateDir, "offsets"))
@@ -142,6 +158,12 @@ func (p *Pipeline) checkBrokers() error {
 
 // Close releases the offset store and stops the embedded broker.
 func (p *Pipeline) Close() {
+	p.admMu.Lock()
+	if p.adm != nil {
+		p.adm.Close()
+		p.adm = nil
+	}
+	p.admMu.Unlock()
 	if p.Broker != nil {
 		p.Broker.Close()
 	}
@@ -227,6 +249,65 @@ func (p *Pipeline) dlqClient() (*kgo.Client, error) {
 	return cl, nil
 }
 
+// admin returns a Kafka admin client for lag queries, created on first use
+// and closed by Close.
+func (p *Pipeline) admin() (*kadm.Client, error) {
+	p.admMu.Lock()
+	defer p.admMu.Unlock()
+	if p.adm != nil {
+		return p.adm, nil
+	}
+	opts, err := p.Client.Opts()
+	if err != nil {
+		return nil, err
+	}
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return nil, err
+	}
+	p.adm = kadm.NewClient(cl)
+	return p.adm, nil
+}
+
+// TargetLag is how many offsets a target's consumer group is behind the
+// last stable offsets of the partitions it has committed, summed: the
+// standard Kafka consumer lag. Like every read_committed consumer's lag, it
+// counts a transaction marker that follows the last record as one offset,
+// so a caught-up target shows at most one per partition.
+func (p *Pipeline) TargetLag(ctx context.Context, name string) (int64, error) {
+	adm, err := p.admin()
+	if err != nil {
+		return 0, err
+	}
+	committed, err := adm.FetchOffsets(ctx, p.Cfg.ConsumerGroup(name))
+	if err != nil {
+		return 0, err
+	}
+	if err := committed.Error(); err != nil {
+		return 0, err
+	}
+	topics := committed.Offsets().TopicsSet().Topics()
+	if len(topics) == 0 {
+		return 0, nil
+	}
+	ends, err := adm.ListCommittedOffsets(ctx, topics...)
+	if err != nil {
+		return 0, err
+	}
+	var lag int64
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Err != nil {
+			return
+		}
+		if c, ok := committed.Lookup(o.Topic, o.Partition); ok && c.Err == nil {
+			lag += max(o.Offset-c.At, 0)
+		} else {
+			lag += max(o.Offset, 0) // nothing committed: the whole partition (an upper bound)
+		}
+	})
+	return lag, nil
+}
+
 func (p *Pipeline) topicSpec() kafka.TopicSpec {
 	t := p.Cfg.Kafka.Topics
 	return kafka.TopicSpec{Partitions: t.Partitions, ReplicationFactor: t.ReplicationFactor, Configs: t.Configs}
@@ -304,7 +385,7 @@ func (p *Pipeline) runTarget(ctx context.Context, name string, t target.Target, 
 	if dl.Coalesce != nil {
 		cfg.Coalesce = *dl.Coalesce
 	}
-	return target.Deliver(ctx, cfg, t, routerAdapter{p.Router.ForTarget(name)}, p.Store, dlq, stats, log)
+	return target.Deliver(ctx, cfg, t, routerAdapter{tr: p.Router.ForTarget(name), routed: p.Routed[name]}, p.Store, dlq, stats, log)
 }
 
 func (p *Pipeline) setSource(s capture.Source) {
