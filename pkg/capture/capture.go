@@ -54,6 +54,28 @@ type Config struct {
 	// TransactionTimeout must cover the largest source transaction: a
 	// source transaction is never split across Kafka transactions.
 	TransactionTimeout time.Duration
+	// TraceParent puts the source transaction's deterministic W3C trace
+	// context (event.NewTraceContext) on every event that has none;
+	// TraceRatio is the share marked sampled.
+	TraceParent bool
+	TraceRatio  float64
+	// Tracer, when set, is told of every source transaction committed to
+	// Kafka (the capture spans of OpenTelemetry export).
+	Tracer TxnTracer
+}
+
+// TxnSpan is one source transaction committed to Kafka, for tracing.
+type TxnSpan struct {
+	Trace        event.TraceContext
+	Position     string
+	SourceCommit time.Time // the source's commit time
+	Events       int
+}
+
+// TxnTracer receives the source transactions of each committed Kafka
+// transaction. It must not keep the slice.
+type TxnTracer interface {
+	Captured(txns []TxnSpan, committed time.Time)
 }
 
 func (c *Config) defaults() {

@@ -61,7 +61,11 @@ type producer struct {
 	txnTables   map[TableOp]int64 // events per table and op in the open transaction
 	lastTable   *event.Table      // the table of the last Emit, and its name
 	lastName    string
-	err         error // first failure; sticky
+	traceKey    string // the position the cached trace context is for
+	trace       event.TraceContext
+	traceStr    string
+	txnSpans    []TxnSpan // source transactions in the open Kafka transaction (with a Tracer)
+	err         error     // first failure; sticky
 
 	produceErr   error
 	produceErrMu sync.Mutex
@@ -91,6 +95,10 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 		p.topics[topic] = true
 	}
 	p.enc.Pipeline, p.enc.Structured = p.cfg.Pipeline, p.cfg.Structured
+	if p.cfg.TraceParent && c.TraceParent == "" {
+		p.traceFor(c)
+		c.TraceParent = p.traceStr
+	}
 	rec := p.enc.Record(topic, c)
 	if size := recordSize(rec); size > p.cfg.MaxMessageBytes {
 		rec, err = p.oversize(rec, c, size)
@@ -170,6 +178,7 @@ func (p *producer) beginLocked() error {
 	}
 	p.inTxn, p.txnStart, p.txnEvents, p.txnBytes, p.pending, p.newest = true, time.Now(), 0, 0, nil, time.Time{}
 	clear(p.txnTables) // counts of an aborted transaction are not kept
+	p.txnSpans = p.txnSpans[:0]
 	return nil
 }
 
@@ -199,6 +208,10 @@ func (p *producer) commitLocked(ctx context.Context) error {
 	p.stats.addTableEvents(p.txnTables)
 	clear(p.txnTables)
 	now := time.Now()
+	if p.cfg.Tracer != nil && len(p.txnSpans) > 0 {
+		p.cfg.Tracer.Captured(p.txnSpans, now)
+	}
+	p.txnSpans = p.txnSpans[:0]
 	p.stats.LastCommit.Store(now.UnixNano())
 	if !p.newest.IsZero() {
 		p.stats.LastSourceCommit.Store(p.newest.UnixNano())
@@ -216,6 +229,27 @@ func (p *producer) commitLocked(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// traceFor sets p.trace and p.traceStr to the trace context of c's source
+// transaction (one per position; snapshot rows: per snapshot and table),
+// computing it once per transaction, and counts c into the tracer's spans.
+func (p *producer) traceFor(c *event.Change) {
+	key := c.Pos
+	if c.Snapshot {
+		key = c.Pos + "/" + c.Table.QualifiedName()
+	}
+	if key != p.traceKey {
+		p.traceKey = key
+		p.trace = event.NewTraceContext(p.cfg.Pipeline, c.Table.Connector, "", key, p.cfg.TraceRatio)
+		p.traceStr = p.trace.String()
+		if p.cfg.Tracer != nil {
+			p.txnSpans = append(p.txnSpans, TxnSpan{Trace: p.trace, Position: key, SourceCommit: c.Commit})
+		}
+	}
+	if n := len(p.txnSpans); n > 0 && p.cfg.Tracer != nil {
+		p.txnSpans[n-1].Events++
+	}
 }
 
 func (p *producer) abortLocked() {

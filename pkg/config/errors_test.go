@@ -89,7 +89,7 @@ func TestMalformedYAML(t *testing.T) { runErrCases(t, malformedCases) }
 
 var unknownKeyCases = []errCase{
 	{"top level", base + "nmae: x\n",
-		`p.yaml:7:1: nmae: unknown key (known: name, state_dir, log, source, kafka, routes, targets, dlq, admin, metrics); did you mean "name"?`},
+		`p.yaml:7:1: nmae: unknown key (known: name, state_dir, log, source, kafka, routes, targets, dlq, admin, metrics, tracing); did you mean "name"?`},
 	{"in source", "name: shop\nstate_dir: d\nsource:\n  type: mysql\n  dsn: x@tcp(h:1)/\n  tabels: [a.b]\n",
 		`p.yaml:6:3: source.tabels: unknown key (known: type, dsn, tables, snapshot,`},
 	{"case matters", base + "Log: {level: info}\n", `p.yaml:7:1: Log: unknown key (known: `},
@@ -226,6 +226,8 @@ var validationCases = []errCase{
 	{"dlq topic", base + "dlq: { topic: \"bad topic\" }\n", `p.yaml:7:15: dlq.topic: invalid Kafka topic name "bad topic"`},
 	{"admin listen", base + "admin: { listen: \":http\" }\n", `p.yaml:7:18: admin.listen: invalid port in ":http"`},
 	{"metrics listen", base + "metrics:\n  listen: nowhere\n", `p.yaml:8:11: metrics.listen: invalid address "nowhere"`},
+	{"otlp endpoint", base + "tracing:\n  otlp: { endpoint: \"collector:4318\" }\n", `p.yaml:8:21: tracing.otlp.endpoint: invalid endpoint "collector:4318": want http://host:port or https://host:port (OTLP/HTTP)`},
+	{"otlp ratio", base + "tracing:\n  otlp: { endpoint: \"http://c:4318\", sample_ratio: 2 }\n", `p.yaml:8:52: tracing.otlp.sample_ratio: must be between 0 and 1, got 2`},
 }
 
 func TestValidation(t *testing.T) { runErrCases(t, validationCases) }

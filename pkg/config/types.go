@@ -86,6 +86,9 @@ type Pipeline struct {
 	Admin *Admin `yaml:"admin"`
 	// Metrics configures the metrics HTTP server; nil when the key is absent.
 	Metrics *Metrics `yaml:"metrics"`
+	// Tracing configures the W3C traceparent on events and optional
+	// OpenTelemetry span export.
+	Tracing Tracing `yaml:"tracing"`
 
 	// File is the config file name as given to Load or Parse.
 	File string `yaml:"-"`
@@ -347,6 +350,38 @@ type Admin struct {
 // String prints the admin settings with the token redacted.
 func (a Admin) String() string {
 	return fmt.Sprintf("{Listen:%s Token:%s}", a.Listen, a.Token)
+}
+
+// Tracing configures distributed tracing (docs/operations.md).
+type Tracing struct {
+	// TraceParent puts a W3C traceparent extension on every event:
+	// deterministic, derived from the event's source and position, so a
+	// replayed event carries the same one. Default true.
+	TraceParent *bool `yaml:"traceparent"`
+	// OTLP exports spans over OTLP/HTTP (protobuf) when Endpoint is set.
+	OTLP OTLP `yaml:"otlp"`
+}
+
+// TraceParentOn reports whether events carry a traceparent.
+func (t Tracing) TraceParentOn() bool { return t.TraceParent == nil || *t.TraceParent }
+
+// OTLP is an OpenTelemetry collector's OTLP/HTTP endpoint.
+type OTLP struct {
+	// Endpoint is the collector's base URL, e.g. "http://otel-collector:4318";
+	// spans are POSTed to <endpoint>/v1/traces. Empty: no export.
+	Endpoint string `yaml:"endpoint"`
+	// Headers are sent with every export request (an API key, say).
+	Headers map[string]Secret `yaml:"headers"`
+	// ServiceName is the service.name resource attribute (default "plume").
+	ServiceName string `yaml:"service_name"`
+	// SampleRatio is the share of source transactions traced (0..1,
+	// default 1).
+	SampleRatio *float64 `yaml:"sample_ratio"`
+}
+
+// String prints the OTLP settings with the header values redacted.
+func (o OTLP) String() string {
+	return fmt.Sprintf("{Endpoint:%s Headers:%d ServiceName:%s}", o.Endpoint, len(o.Headers), o.ServiceName)
 }
 
 // Metrics configures the metrics HTTP server.

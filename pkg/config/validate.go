@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
@@ -127,6 +128,14 @@ func validate(p *Pipeline) []*Error {
 	}
 	if p.Metrics != nil {
 		v.listen("metrics.listen", p.Metrics.Listen)
+	}
+	if e := p.Tracing.OTLP.Endpoint; e != "" {
+		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			v.errorf("tracing.otlp.endpoint", "invalid endpoint %q: want http://host:port or https://host:port (OTLP/HTTP)", e)
+		}
+	}
+	if r := p.Tracing.OTLP.SampleRatio; r != nil && (*r < 0 || *r > 1) {
+		v.errorf("tracing.otlp.sample_ratio", "must be between 0 and 1, got %v", *r)
 	}
 	return v.errs
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"math"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -228,5 +229,38 @@ func BenchmarkRecordBinary(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		enc.Record("plume.public.products", c)
+	}
+}
+
+func TestTraceContextDeterministic(t *testing.T) {
+	a := NewTraceContext("shop", "postgresql", "shop", "lsn:0/16B3748", 1)
+	b := NewTraceContext("shop", "postgresql", "shop", "lsn:0/16B3748", 1)
+	c := NewTraceContext("shop", "postgresql", "shop", "lsn:0/16B3800", 1)
+	if a != b || a.TraceID == c.TraceID || a.SpanID == c.SpanID {
+		t.Fatalf("trace contexts: %v %v %v", a, b, c)
+	}
+	s := a.String()
+	if len(s) != 55 || s[:3] != "00-" || s[52:] != "-01" {
+		t.Fatalf("traceparent %q", s)
+	}
+	p, ok := ParseTraceParent(s)
+	if !ok || p != a {
+		t.Fatalf("parse %q: %v %v", s, p, ok)
+	}
+	if _, ok := ParseTraceParent("00-00000000000000000000000000000000-b7ad6b7169203331-01"); ok {
+		t.Fatal("an all-zero trace id parsed")
+	}
+	// Sampling is decided from the trace id: about the ratio, the same everywhere.
+	sampled := 0
+	for i := 0; i < 1000; i++ {
+		if NewTraceContext("p", "mysql", "db", "gtid:0-1-"+strconv.Itoa(i), 0.25).Sampled {
+			sampled++
+		}
+	}
+	if sampled < 180 || sampled > 320 {
+		t.Errorf("%d of 1000 sampled at ratio 0.25", sampled)
+	}
+	if NewTraceContext("p", "mysql", "db", "x", 0).Sampled {
+		t.Error("sampled at ratio 0")
 	}
 }

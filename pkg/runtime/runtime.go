@@ -25,6 +25,7 @@ import (
 	"github.com/plumecdc/plume/pkg/offsets"
 	"github.com/plumecdc/plume/pkg/router"
 	"github.com/plumecdc/plume/pkg/target"
+	"github.com/plumecdc/plume/pkg/tracing"
 )
 
 // Stage selects what a process runs.
@@ -58,6 +59,8 @@ type Pipeline struct {
 
 	admMu sync.Mutex
 	adm   *kadm.Client // for lag queries, created on first use
+
+	tracer *tracing.Tracer // nil without tracing.otlp.endpoint
 }
 
 // ClientConfig maps the pipeline's kafka block to client settings. With the
@@ -111,6 +114,10 @@ func New(cfg *config.Pipeline, stage Stage, log *slog.Logger) (*Pipeline, error)
 	if err != nil {
 		return nil, err
 	}
+	if p.tracer, err = tracing.New(cfg.Name, cfg.Tracing, log); err != nil {
+		p.Store.Close()
+		return nil, err
+	}
 	brokers := cfg.Kafka.Brokers
 	if cfg.Embedded() {
 		p.Broker, err = kafka.StartEmbedded(cfg.StateDir, cfg.Kafka.Embedded.Listen, log)
@@ -158,6 +165,14 @@ func (p *Pipeline) checkBrokers() error {
 
 // Close releases the offset store and stops the embedded broker.
 func (p *Pipeline) Close() {
+	if p.tracer != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := p.tracer.Close(ctx); err != nil {
+			p.Log.Warn("tracing: flushing spans", "err", err)
+		}
+		cancel()
+		p.tracer = nil
+	}
 	p.admMu.Lock()
 	if p.adm != nil {
 		p.adm.Close()
@@ -345,7 +360,7 @@ func (p *Pipeline) runCapture(ctx context.Context) error {
 
 func (p *Pipeline) captureConfig() capture.Config {
 	k := p.Cfg.Kafka
-	return capture.Config{
+	c := capture.Config{
 		Pipeline:           p.Cfg.Name,
 		Client:             p.Client,
 		TransactionalID:    p.Cfg.TransactionalID(),
@@ -361,7 +376,20 @@ func (p *Pipeline) captureConfig() capture.Config {
 		Oversize:           k.Oversize,
 		DLQTopic:           p.Cfg.DLQTopic(),
 		TransactionTimeout: 5 * time.Minute,
+		TraceParent:        p.Cfg.Tracing.TraceParentOn(),
+		TraceRatio:         p.traceRatio(),
 	}
+	if p.tracer != nil {
+		c.Tracer = p.tracer
+	}
+	return c
+}
+
+func (p *Pipeline) traceRatio() float64 {
+	if r := p.Cfg.Tracing.OTLP.SampleRatio; r != nil {
+		return *r
+	}
+	return 1
 }
 
 func (p *Pipeline) runTarget(ctx context.Context, name string, t target.Target, exclude []string, dlq *target.DLQ, stats *target.DeliveryStats) error {
@@ -384,6 +412,9 @@ func (p *Pipeline) runTarget(ctx context.Context, name string, t target.Target, 
 	}
 	if dl.Coalesce != nil {
 		cfg.Coalesce = *dl.Coalesce
+	}
+	if p.tracer != nil {
+		stats.AppliedObserver = p.tracer.Delivered(name)
 	}
 	return target.Deliver(ctx, cfg, t, routerAdapter{tr: p.Router.ForTarget(name), routed: p.Routed[name]}, p.Store, dlq, stats, log)
 }

@@ -77,6 +77,14 @@ func (c *DeliveryConfig) defaults() {
 	}
 }
 
+// BatchDefaulter is implemented by a target type whose batches should
+// default to other limits than the layer's (the salesforce target wants
+// large batches so that Bulk API jobs and full 200-record calls happen).
+// Zero values keep the layer's defaults; a target's delivery block wins.
+type BatchDefaulter interface {
+	BatchDefaults() (maxEvents, maxBytes int, linger time.Duration)
+}
+
 // DeliveryStats counts a target's progress and carries its pause switch.
 // Read with atomic loads.
 type DeliveryStats struct {
@@ -99,6 +107,9 @@ type DeliveryStats struct {
 	// BatchObserver, when set, observes each applied batch's size and
 	// apply latency.
 	BatchObserver func(size int, took time.Duration)
+	// AppliedObserver, when set, sees the messages of each applied batch
+	// and when applying began (tracing spans). It must not keep msgs.
+	AppliedObserver func(msgs []Message, start time.Time)
 }
 
 // Deliver runs one target's loop until ctx is done or the target fails
@@ -123,6 +134,18 @@ type DeliveryStats struct {
 //     committed offset (each records only applied positions); otherwise the
 //     partition's start.
 func Deliver(ctx context.Context, cfg DeliveryConfig, t Target, r Router, store OffsetStore, dlq *DLQ, stats *DeliveryStats, log *slog.Logger) error {
+	if bd, ok := t.(BatchDefaulter); ok {
+		events, bytes, linger := bd.BatchDefaults()
+		if cfg.BatchMaxEvents <= 0 {
+			cfg.BatchMaxEvents = events
+		}
+		if cfg.BatchMaxBytes <= 0 {
+			cfg.BatchMaxBytes = bytes
+		}
+		if cfg.BatchLinger <= 0 {
+			cfg.BatchLinger = linger
+		}
+	}
 	cfg.defaults()
 	if stats == nil {
 		stats = new(DeliveryStats)
@@ -364,6 +387,9 @@ func (d *deliverer) apply(ctx context.Context, b *Batch, dead []DeadLetter) erro
 	d.stats.Batches.Add(1)
 	if d.stats.BatchObserver != nil {
 		d.stats.BatchObserver(len(applied), time.Since(start))
+	}
+	if d.stats.AppliedObserver != nil {
+		d.stats.AppliedObserver(applied, start)
 	}
 	var newest time.Time
 	for i := range applied {
