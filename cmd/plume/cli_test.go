@@ -143,12 +143,21 @@ func TestRunReportsUnreachableBroker(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	body := strings.Replace(goodPipeline, "routes:", "kafka:\n  brokers: [\""+addr+"\"]\nroutes:", 1)
 	start := time.Now()
-	code, _, errOut := plume(t, "run", "-c", writeConfig(t, body))
+	dir := t.TempDir()
+	cpu, mem := filepath.Join(dir, "cpu.pb.gz"), filepath.Join(dir, "mem.pb.gz")
+	code, _, errOut := plume(t, "run", "-c", writeConfig(t, body), "--cpuprofile", cpu, "--memprofile", mem)
 	if code == 0 || !strings.Contains(errOut, addr) || !strings.Contains(errOut, "unreachable") {
 		t.Fatalf("run with an unreachable broker: %d %s", code, errOut)
 	}
 	if time.Since(start) > 2*time.Minute {
 		t.Errorf("gave up only after %v", time.Since(start))
+	}
+	// The profiles are written however the run ends (gzipped pprof).
+	for _, f := range []string{cpu, mem} {
+		b, err := os.ReadFile(f)
+		if err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+			t.Errorf("profile %s: %d bytes, %v", f, len(b), err)
+		}
 	}
 }
 

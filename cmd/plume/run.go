@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/plumecdc/plume/pkg/capture"
@@ -25,8 +26,36 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	file := fs.String("c", "", "pipeline config file (required)")
 	stage := fs.String("stage", "all", "which stages to run: all, capture (source -> Kafka) or route (Kafka -> targets)")
 	logFormat := fs.String("log-format", "", "override log.format: text or json")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to FILE (pprof format), for benchmarks and investigations")
+	memProfile := fs.String("memprofile", "", "write an allocation profile to FILE when the run ends (pprof format)")
 	if code, done := parseFlags(fs, args, stdout); done {
 		return code
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, "plume run: --cpuprofile:", err)
+			return 1
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
+	}
+	if *memProfile != "" {
+		defer func() {
+			f, err := os.Create(*memProfile)
+			if err == nil {
+				err = pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+			if err != nil {
+				fmt.Fprintln(stderr, "plume run: --memprofile:", err)
+			}
+		}()
 	}
 	if *file == "" {
 		fmt.Fprintln(stderr, "plume run: -c FILE is required")
