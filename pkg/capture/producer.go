@@ -61,6 +61,9 @@ type producer struct {
 	txnTables   map[TableOp]int64 // events per table and op in the open transaction
 	lastTable   *event.Table      // the table of the last Emit, and its name
 	lastName    string
+	topicTable  *event.Table // the table and op the cached topic is for
+	topicOp     event.Op
+	topicName   string
 	traceKey    string // the position the cached trace context is for
 	trace       event.TraceContext
 	traceStr    string
@@ -84,9 +87,15 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 		return p.fail(classify(err))
 	}
 	p.inSourceTxn = true
-	topic, err := p.cfg.Topic(c)
-	if err != nil {
-		return p.fail(fmt.Errorf("topic for %s: %w", c.Table.QualifiedName(), err))
+	// The topic depends on the table and the op only (config.Kafka.Topic's
+	// environment), so the last one is reused while they repeat.
+	topic := p.topicName
+	if c.Table != p.topicTable || c.Op != p.topicOp || topic == "" {
+		var err error
+		if topic, err = p.cfg.Topic(c); err != nil {
+			return p.fail(fmt.Errorf("topic for %s: %w", c.Table.QualifiedName(), err))
+		}
+		p.topicTable, p.topicOp, p.topicName = c.Table, c.Op, topic
 	}
 	if !p.topics[topic] {
 		if err := kafka.EnsureTopics(ctx, p.adm, p.cfg.TopicSpec, topic); err != nil {
@@ -100,11 +109,13 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 		c.TraceParent = p.traceStr
 	}
 	rec := p.enc.Record(topic, c)
-	if size := recordSize(rec); size > p.cfg.MaxMessageBytes {
-		rec, err = p.oversize(rec, c, size)
-		if err != nil {
+	size := recordSize(rec)
+	if size > p.cfg.MaxMessageBytes {
+		var err error
+		if rec, err = p.oversize(rec, c, size); err != nil {
 			return p.fail(err)
 		}
+		size = recordSize(rec)
 	}
 	p.produce(rec)
 	p.txnEvents++
@@ -115,7 +126,7 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 		p.txnTables = map[TableOp]int64{}
 	}
 	p.txnTables[TableOp{p.lastName, c.Op}]++
-	p.txnBytes += int64(recordSize(rec))
+	p.txnBytes += int64(size)
 	if c.Commit.After(p.newest) {
 		p.newest = c.Commit
 	}

@@ -13,7 +13,6 @@ package event
 
 import (
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -152,6 +151,24 @@ func (c *Change) ID() string {
 	return c.Pos + "/" + strconv.FormatInt(c.Index, 10)
 }
 
+// appendID appends ID() to dst; subject is c's subject, already rendered.
+func (c *Change) appendID(dst, subject []byte) []byte {
+	dst = append(dst, c.Pos...)
+	dst = append(dst, '/')
+	if c.Snapshot {
+		if c.Table.Schema != "" {
+			dst = append(dst, c.Table.Schema...)
+		} else {
+			dst = append(dst, c.Table.Database...)
+		}
+		dst = append(dst, '.')
+		dst = append(dst, c.Table.Name...)
+		dst = append(dst, '/')
+		return append(dst, subject...)
+	}
+	return strconv.AppendInt(dst, c.Index, 10)
+}
+
 // KeyImage returns the row image that identifies the row: After, or Before
 // for deletes.
 func (c *Change) KeyImage() []Value {
@@ -166,29 +183,56 @@ func (c *Change) KeyImage() []Value {
 // Commas, equals signs and backslashes inside values are escaped with a
 // backslash so the rendering is unambiguous. Truncates have no subject.
 func (c *Change) Subject() string {
-	img := c.KeyImage()
-	if img == nil || c.Table == nil || len(c.Table.Key) == 0 {
+	b := c.AppendSubject(nil)
+	if b == nil {
 		return ""
 	}
-	var b strings.Builder
-	for i, k := range c.Table.Key {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(c.Table.Columns[k].Name)
-		b.WriteByte('=')
-		writeKeyValue(&b, img[k])
-	}
-	return b.String()
+	return string(b)
 }
 
-func writeKeyValue(b *strings.Builder, v Value) {
-	s := KeyText(v)
+// AppendSubject appends the subject (see Subject) to dst.
+func (c *Change) AppendSubject(dst []byte) []byte {
+	img := c.KeyImage()
+	if img == nil || c.Table == nil || len(c.Table.Key) == 0 {
+		return dst
+	}
+	for i, k := range c.Table.Key {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, c.Table.Columns[k].Name...)
+		dst = append(dst, '=')
+		dst = appendKeyValue(dst, img[k])
+	}
+	return dst
+}
+
+// appendKeyValue appends KeyText(v) with ',', '=' and '\' escaped.
+func appendKeyValue(dst []byte, v Value) []byte {
+	switch x := v.(type) {
+	case int64:
+		return strconv.AppendInt(dst, x, 10)
+	case int32:
+		return strconv.AppendInt(dst, int64(x), 10)
+	case int:
+		return strconv.AppendInt(dst, int64(x), 10)
+	case uint64:
+		return strconv.AppendUint(dst, x, 10)
+	case string:
+		return appendEscaped(dst, x)
+	case Decimal:
+		return appendEscaped(dst, string(x))
+	}
+	return appendEscaped(dst, KeyText(v))
+}
+
+func appendEscaped(dst []byte, s string) []byte {
 	for i := 0; i < len(s); i++ {
 		switch s[i] {
 		case ',', '=', '\\':
-			b.WriteByte('\\')
+			dst = append(dst, '\\')
 		}
-		b.WriteByte(s[i])
+		dst = append(dst, s[i])
 	}
+	return dst
 }

@@ -109,42 +109,124 @@ type Encoder struct {
 	// value). The default is binary mode: attributes in ce_ headers, the
 	// data in the value.
 	Structured bool
+
+	sizeHint int // buffer size for the next record (grows to fit)
 }
 
 // Record encodes c as a Kafka record for topic. The key is the partitionkey
 // (nil for a truncate, which has no key).
+//
+// Binary mode is the hot path of capture: the attribute values and the
+// envelope are appended to one buffer that the key, the header values and
+// the value slice into, so a record costs a handful of allocations. The
+// output is the same as building it from AttributesOf (tests check).
 func (e *Encoder) Record(topic string, c *Change) *kgo.Record {
-	a := AttributesOf(e.Pipeline, c)
-	r := &kgo.Record{Topic: topic}
-	if a.Subject != "" {
-		r.Key = []byte(a.Subject)
-	}
-	data := AppendEnvelope(make([]byte, 0, 512), e.Pipeline, c)
 	if e.Structured {
-		r.Headers = []kgo.RecordHeader{{Key: "content-type", Value: []byte(ContentTypeStructured)}}
+		a := AttributesOf(e.Pipeline, c)
+		r := &kgo.Record{Topic: topic}
+		if a.Subject != "" {
+			r.Key = []byte(a.Subject)
+		}
+		data := AppendEnvelope(make([]byte, 0, 512), e.Pipeline, c)
+		r.Headers = []kgo.RecordHeader{{Key: "content-type", Value: contentTypeStructured}}
 		r.Value = appendStructured(make([]byte, 0, len(data)+256), a, data)
 		return r
 	}
-	h := make([]kgo.RecordHeader, 0, 6+len(a.Extensions))
+	t := c.Table
+	b := make([]byte, 0, e.sizeHint)
+	var off [11]int // end offsets of the attribute values in b
+	b = c.AppendSubject(b)
+	off[0] = len(b)
+	b = c.appendID(b, b[:off[0]])
+	off[1] = len(b)
+	b = append(b, "/plume/"...)
+	b = append(b, e.Pipeline...)
+	b = append(b, '/')
+	b = append(b, t.Connector...)
+	b = append(b, '/')
+	b = append(b, t.Database...)
+	off[2] = len(b)
+	b = c.Commit.UTC().AppendFormat(b, time.RFC3339Nano)
+	off[3] = len(b)
+	b = append(b, c.TxID...)
+	off[4] = len(b)
+	b = append(b, c.Pos...)
+	off[5] = len(b)
+	b = append(b, t.Database...)
+	off[6] = len(b)
+	b = append(b, t.Schema...)
+	off[7] = len(b)
+	b = append(b, t.Name...)
+	off[8] = len(b)
+	b = append(b, c.TraceParent...)
+	off[9] = len(b)
+	b = AppendEnvelope(b, e.Pipeline, c)
+	off[10] = len(b)
+	if n := len(b) + len(b)/8; n > e.sizeHint {
+		e.sizeHint = n // the next record of this shape fits without growing
+	}
+	at := func(i int) []byte {
+		lo := 0
+		if i > 0 {
+			lo = off[i-1]
+		}
+		return b[lo:off[i]:off[i]]
+	}
+	subject := at(0)
+	r := &kgo.Record{Topic: topic, Value: at(10)}
+	h := make([]kgo.RecordHeader, 0, 14)
 	h = append(h,
-		kgo.RecordHeader{Key: "ce_specversion", Value: []byte("1.0")},
-		kgo.RecordHeader{Key: "ce_id", Value: []byte(a.ID)},
-		kgo.RecordHeader{Key: "ce_source", Value: []byte(a.Source)},
-		kgo.RecordHeader{Key: "ce_type", Value: []byte(a.Type)},
+		kgo.RecordHeader{Key: "ce_specversion", Value: specVersion},
+		kgo.RecordHeader{Key: "ce_id", Value: at(1)},
+		kgo.RecordHeader{Key: "ce_source", Value: at(2)},
+		kgo.RecordHeader{Key: "ce_type", Value: typeBytes(c.Op)},
 	)
-	if a.Subject != "" {
-		h = append(h, kgo.RecordHeader{Key: "ce_subject", Value: []byte(a.Subject)})
+	if len(subject) > 0 {
+		r.Key = subject
+		h = append(h, kgo.RecordHeader{Key: "ce_subject", Value: subject})
 	}
 	h = append(h,
-		kgo.RecordHeader{Key: "ce_time", Value: []byte(FormatTime(a.Time))},
-		kgo.RecordHeader{Key: "content-type", Value: []byte("application/json")},
+		kgo.RecordHeader{Key: "ce_time", Value: at(3)},
+		kgo.RecordHeader{Key: "content-type", Value: contentTypeJSON},
 	)
-	for _, x := range a.Extensions {
-		h = append(h, kgo.RecordHeader{Key: "ce_" + x.Name, Value: []byte(x.Value.(string))})
+	if len(subject) > 0 {
+		h = append(h, kgo.RecordHeader{Key: "ce_" + ExtPartitionKey, Value: subject})
+	}
+	if c.TxID != "" {
+		h = append(h, kgo.RecordHeader{Key: "ce_" + ExtTxID, Value: at(4)})
+	}
+	h = append(h, kgo.RecordHeader{Key: "ce_" + ExtPosition, Value: at(5)}, kgo.RecordHeader{Key: "ce_" + ExtDatabase, Value: at(6)})
+	if t.Schema != "" {
+		h = append(h, kgo.RecordHeader{Key: "ce_" + ExtSchema, Value: at(7)})
+	}
+	h = append(h, kgo.RecordHeader{Key: "ce_" + ExtTable, Value: at(8)})
+	if c.TraceParent != "" {
+		h = append(h, kgo.RecordHeader{Key: "ce_" + ExtTraceParent, Value: at(9)})
 	}
 	r.Headers = h
-	r.Value = data
 	return r
+}
+
+// Shared header values. Records are never modified after encoding, so
+// they may share these.
+var (
+	specVersion           = []byte("1.0")
+	contentTypeJSON       = []byte("application/json")
+	contentTypeStructured = []byte(ContentTypeStructured)
+	opTypes               = map[Op][]byte{}
+)
+
+func init() {
+	for _, o := range []Op{OpCreate, OpUpdate, OpDelete, OpRead, OpTruncate} {
+		opTypes[o] = []byte(Type(o))
+	}
+}
+
+func typeBytes(o Op) []byte {
+	if b, ok := opTypes[o]; ok {
+		return b
+	}
+	return []byte(Type(o))
 }
 
 // Tombstone returns the tombstone that follows a delete: same key, null

@@ -264,3 +264,36 @@ func TestTraceContextDeterministic(t *testing.T) {
 		t.Error("sampled at ratio 0")
 	}
 }
+
+// TestBinaryRecordMatchesAttributes: the hot-path binary encoder writes
+// exactly the headers AttributesOf describes, in order, and records encoded
+// one after another by the same Encoder share no bytes.
+func TestBinaryRecordMatchesAttributes(t *testing.T) {
+	enc := Encoder{Pipeline: "shop-sync"}
+	var recs []*kgo.Record
+	var wants [][]string
+	for _, c := range corpus() {
+		a := AttributesOf("shop-sync", c)
+		want := []string{"ce_specversion=1.0", "ce_id=" + a.ID, "ce_source=" + a.Source, "ce_type=" + a.Type}
+		if a.Subject != "" {
+			want = append(want, "ce_subject="+a.Subject)
+		}
+		want = append(want, "ce_time="+FormatTime(a.Time), "content-type=application/json")
+		for _, x := range a.Extensions {
+			want = append(want, "ce_"+x.Name+"="+x.Value.(string))
+		}
+		want = append(want, "key="+a.Subject, "value="+string(AppendEnvelope(nil, "shop-sync", c)))
+		recs = append(recs, enc.Record("t", c))
+		wants = append(wants, want)
+	}
+	for i, r := range recs {
+		var got []string
+		for _, h := range r.Headers {
+			got = append(got, h.Key+"="+string(h.Value))
+		}
+		got = append(got, "key="+string(r.Key), "value="+string(r.Value))
+		if strings.Join(got, "\n") != strings.Join(wants[i], "\n") {
+			t.Errorf("record %d:\n got %q\nwant %q", i, got, wants[i])
+		}
+	}
+}
