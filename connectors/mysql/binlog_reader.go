@@ -68,6 +68,12 @@ type txnState struct {
 	skip       int64 // rows to skip after a mid-transaction reconnect
 	emitted    int64
 	perTable   map[string]int64
+	// pos, gtidVal and fileVal are Change.Pos and the envelope's gtid and
+	// file values, rendered once per transaction.
+	pos     string
+	gtidVal event.Value
+	fileVal event.Value
+	fileFor string
 }
 
 type resumeState struct {
@@ -502,17 +508,22 @@ func (st *streamer) newChange(op event.Op, t *event.Table, before, after []event
 		Commit: st.txn.ts,
 		TxID:   st.txn.id,
 	}
-	var gtid event.Value
-	if st.txn.gtid != "" {
-		ch.Pos = "gtid:" + st.txn.gtid
-		gtid = st.txn.gtid
-	} else {
-		ch.Pos = "binlog:" + st.txn.begin.String()
+	tx := &st.txn
+	if tx.pos == "" {
+		if tx.gtid != "" {
+			tx.pos, tx.gtidVal = "gtid:"+tx.gtid, tx.gtid
+		} else {
+			tx.pos = "binlog:" + tx.begin.String()
+		}
 	}
+	if tx.fileVal == nil || tx.fileFor != st.cur.File {
+		tx.fileVal, tx.fileFor = st.cur.File, st.cur.File
+	}
+	ch.Pos = tx.pos
 	ch.SourceFields = []event.Field{
-		{Name: "file", Value: st.cur.File},
+		{Name: "file", Value: tx.fileVal},
 		{Name: "pos", Value: int64(eventStart(h))},
-		{Name: "gtid", Value: gtid},
+		{Name: "gtid", Value: tx.gtidVal},
 		{Name: "server_id", Value: int64(h.ServerID)},
 		{Name: "row", Value: row},
 	}

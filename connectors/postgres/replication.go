@@ -109,7 +109,7 @@ func (s *Source) stream(ctx context.Context, em capture.Emitter, meta *pgx.Conn,
 		}
 		closeRepl()
 	}()
-	msgs := make(chan []byte, 128)
+	msgs := make(chan [][]byte, 4)
 	errc := make(chan error, 3)
 	replyReq := make(chan struct{}, 1)
 
@@ -138,16 +138,18 @@ func (s *Source) stream(ctx context.Context, em capture.Emitter, meta *pgx.Conn,
 			if err := st.nextChunk(ctx); err != nil {
 				return err
 			}
-		case data := <-msgs:
-			err := st.handle(ctx, data)
-			if err == nil && st.window == nil && len(st.pos.Resnap) > 0 {
-				err = st.nextChunk(ctx)
-			}
-			if err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
+		case batch := <-msgs:
+			for _, data := range batch {
+				err := st.handle(ctx, data)
+				if err == nil && st.window == nil && len(st.pos.Resnap) > 0 {
+					err = st.nextChunk(ctx)
 				}
-				return err
+				if err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					return err
+				}
 			}
 		}
 	}
@@ -195,7 +197,28 @@ func (s *Source) startReplication(ctx context.Context, lsn pglogrepl.LSN) (*pgco
 
 // readLoop receives replication messages until ctx ends or the connection
 // fails.
-func (s *Source) readLoop(ctx context.Context, repl *pgconn.PgConn, msgs chan<- []byte, replyReq chan<- struct{}, errc chan<- error) {
+//
+// Messages are handed over in batches, not one by one, to spare a goroutine
+// hand-off per row. A batch is sent at every message that can end a unit of
+// work (commit, a logical decoding message, a relation or type message),
+// at 256 messages or 1 MiB, and when a keepalive shows the server is idle,
+// so nothing waits in a batch while the server has nothing more to send.
+// The channel holds 4 batches: the bound on what is read ahead.
+func (s *Source) readLoop(ctx context.Context, repl *pgconn.PgConn, msgs chan<- [][]byte, replyReq chan<- struct{}, errc chan<- error) {
+	var batch [][]byte
+	size := 0
+	flush := func() bool {
+		if len(batch) == 0 {
+			return true
+		}
+		select {
+		case msgs <- batch:
+		case <-ctx.Done():
+			return false
+		}
+		batch, size = make([][]byte, 0, 64), 0
+		return true
+	}
 	for {
 		msg, err := repl.ReceiveMessage(ctx)
 		if err != nil {
@@ -222,6 +245,9 @@ func (s *Source) readLoop(ctx context.Context, repl *pgconn.PgConn, msgs chan<- 
 					default:
 					}
 				}
+				if !flush() {
+					return
+				}
 			case pglogrepl.XLogDataByteID:
 				xld, err := pglogrepl.ParseXLogData(m.Data[1:])
 				if err != nil {
@@ -229,10 +255,12 @@ func (s *Source) readLoop(ctx context.Context, repl *pgconn.PgConn, msgs chan<- 
 					return
 				}
 				data := append([]byte(nil), xld.WALData...) // m.Data is reused by the next receive
-				select {
-				case msgs <- data:
-				case <-ctx.Done():
-					return
+				batch = append(batch, data)
+				size += len(data)
+				if len(data) == 0 || endsUnit(data[0]) || len(batch) >= 256 || size >= 1<<20 {
+					if !flush() {
+						return
+					}
 				}
 			}
 		case *pgproto3.ErrorResponse:
@@ -243,6 +271,18 @@ func (s *Source) readLoop(ctx context.Context, repl *pgconn.PgConn, msgs chan<- 
 			return
 		}
 	}
+}
+
+// endsUnit reports whether a pgoutput message type may be the last the
+// server sends for a while: commit, logical decoding message, relation and
+// type (sent before the changes that need them, and possibly alone), origin,
+// truncate, and the streaming-mode stop, commit and abort.
+func endsUnit(t byte) bool {
+	switch t {
+	case 'C', 'M', 'R', 'Y', 'O', 'T', 'E', 'c', 'A':
+		return true
+	}
+	return false
 }
 
 // statusLoop confirms the acknowledged LSN to the server.
