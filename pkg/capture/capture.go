@@ -86,7 +86,7 @@ func (c *Config) defaults() {
 		c.BatchLinger = 50 * time.Millisecond
 	}
 	if c.MaxBufferedBytes <= 0 {
-		c.MaxBufferedBytes = 64 << 20
+		c.MaxBufferedBytes = 16 << 20
 	}
 	if c.MaxMessageBytes <= 0 {
 		c.MaxMessageBytes = 1 << 20

@@ -45,7 +45,7 @@ func TestDefaults(t *testing.T) {
 		{"Kafka.Compression", p.Kafka.Compression, "zstd"},
 		{"Kafka.BatchMaxEvents", p.Kafka.BatchMaxEvents, 10000},
 		{"Kafka.BatchLinger", p.Kafka.BatchLinger.Duration, 50 * time.Millisecond},
-		{"Kafka.MaxBufferedBytes", p.Kafka.MaxBufferedBytes, int64(67108864)},
+		{"Kafka.MaxBufferedBytes", p.Kafka.MaxBufferedBytes, int64(16777216)},
 		{"Kafka.MaxMessageBytes", p.Kafka.MaxMessageBytes, 1048576},
 		{"Kafka.Oversize", p.Kafka.Oversize, OversizeFail},
 		{"Kafka.TLS.Enabled", p.Kafka.TLS.Enabled, false},

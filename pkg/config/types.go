@@ -52,7 +52,7 @@ const (
 	DefaultCompression       = "zstd"
 	DefaultBatchMaxEvents    = 10000
 	DefaultBatchLinger       = 50 * time.Millisecond
-	DefaultMaxBufferedBytes  = 64 << 20
+	DefaultMaxBufferedBytes  = 16 << 20
 	DefaultMaxMessageBytes   = 1 << 20
 	DefaultOversize          = OversizeFail
 	DefaultWhen              = "true"
