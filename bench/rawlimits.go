@@ -194,9 +194,9 @@ func rawProduce(ctx context.Context, brokers []string, a *admin, name string, sa
 		}
 	}
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...),
-		kgo.ProducerBatchCompression(kgo.ZstdCompression()),
+		kgo.ProducerBatchCompression(kgo.ZstdCompression().WithLevel(1)), // Plume's default: zstd's fastest level
 		kgo.TransactionalID(name), kgo.TransactionTimeout(5*time.Minute),
-		kgo.MaxBufferedBytes(64<<20), kgo.ProducerBatchMaxBytes(1<<20), kgo.RecordRetries(20))
+		kgo.MaxBufferedBytes(16<<20), kgo.ProducerBatchMaxBytes(1<<20), kgo.RecordRetries(20))
 	if err != nil {
 		return rawResult("franz-go producer", 0, 0, 0, err)
 	}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the integration tests need (pkg/testharness):
 # PostgreSQL 15, MariaDB, kcat, a JRE and Maven from Debian packages, then
-# the Apache Kafka jars from Maven Central into $PLUME_CACHE (default
+# the Apache Kafka jars and OpenSearch from Maven Central into $PLUME_CACHE (default
 # ~/.cache/plume). Idempotent; run as root (or with sudo available).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,7 @@ have mariadbd && have mariadb-install-db || pkgs+=(mariadb-server)
 have kcat || pkgs+=(kcat)
 have java || pkgs+=(default-jre-headless)
 have mvn || pkgs+=(maven)
+have node && have npm || pkgs+=(nodejs npm) # DuckDB (npm @duckdb/node-api) reads the lake target's Parquet files
 
 if [ "${#pkgs[@]}" -gt 0 ]; then
 	echo "install-test-deps: installing ${pkgs[*]}"
@@ -34,5 +35,6 @@ if [ "${#pkgs[@]}" -gt 0 ]; then
 	fi
 fi
 
-# The OS user postgres (PostgreSQL refuses to run as root) and the Kafka jars.
+# The OS users postgres and plume-opensearch (both servers refuse to run as
+# root), the Kafka jars and the OpenSearch distribution (Maven Central).
 go run ./pkg/testharness/cmd/install

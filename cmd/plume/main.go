@@ -14,8 +14,11 @@ import (
 	// Connectors register themselves with the source and target registries.
 	_ "github.com/plumecdc/plume/connectors/http"
 	_ "github.com/plumecdc/plume/connectors/kafka"
+	_ "github.com/plumecdc/plume/connectors/lake"
 	_ "github.com/plumecdc/plume/connectors/mysql"
 	_ "github.com/plumecdc/plume/connectors/postgres"
+	_ "github.com/plumecdc/plume/connectors/salesforce"
+	_ "github.com/plumecdc/plume/connectors/search"
 	_ "github.com/plumecdc/plume/connectors/sql"
 )
 

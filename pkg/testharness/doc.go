@@ -1,6 +1,7 @@
 // Package testharness starts the real infrastructure Plume's tests run
-// against: PostgreSQL 15, MariaDB 10.11, Apache Kafka 4.1.1 (KRaft) and the
-// in-process kfake Kafka, plus helpers to build and run the plume binary.
+// against: PostgreSQL 15, MariaDB 10.11, Apache Kafka 4.1.1 (KRaft), the
+// in-process kfake Kafka and OpenSearch 2.19, plus helpers to build and run
+// the plume binary.
 //
 // # Usage
 //
@@ -50,5 +51,7 @@
 // Pdeathsig=SIGKILL, so they die with the test binary even when it is killed
 // or times out; temp dirs left behind that way are removed by the next Main.
 // PostgreSQL refuses to run as root, so when the tests run as root it runs as
-// the OS user "postgres" (created if missing).
+// the OS user "postgres" (created if missing); OpenSearch likewise runs as
+// "plume-opensearch", from a per-server copy (hard links) of the
+// distribution unpacked in the cache dir, with a 512 MiB heap.
 package testharness

@@ -28,10 +28,18 @@ const (
 	CompMariaDB  = "mariadb"
 	CompKafka    = "kafka"
 	CompKcat     = "kcat"
+	// CompOpenSearch is OpenSearch (opensearch.go): Java, and the
+	// integ-test-zip from Maven Central unpacked into the cache dir.
+	CompOpenSearch = "opensearch"
+	// CompVersitygw is the versitygw S3 server (s3.go), built with go
+	// install into <cache>/bin; CompDuckDB is npm @duckdb/node-api in the
+	// cache dir (needs node and npm: Debian nodejs, npm).
+	CompVersitygw = "versitygw"
+	CompDuckDB    = "duckdb"
 )
 
 // AllComponents lists every component Install knows.
-var AllComponents = []string{CompPostgres, CompMariaDB, CompKafka, CompKcat}
+var AllComponents = []string{CompPostgres, CompMariaDB, CompKafka, CompKcat, CompOpenSearch, CompVersitygw, CompDuckDB}
 
 // CacheDir returns the download cache: $PLUME_CACHE, or ~/.cache/plume.
 func CacheDir() (string, error) {
@@ -47,9 +55,9 @@ func CacheDir() (string, error) {
 
 // Install makes sure the given components (all when none given) are present:
 // missing Debian packages are installed with apt-get (postgresql-15,
-// mariadb-server, kcat, and for Kafka a JRE and Maven if java/mvn are
-// missing), and the Kafka jars are downloaded from Maven Central into the
-// cache dir. It is idempotent and cheap when everything is present, and
+// mariadb-server, kcat, and for Kafka and OpenSearch a JRE and Maven if
+// java/mvn are missing), and the Kafka jars and the OpenSearch distribution
+// are downloaded from Maven Central into the cache dir. It is idempotent and cheap when everything is present, and
 // serialised across processes by a file lock in the cache dir.
 func Install(ctx context.Context, components ...string) error {
 	if len(components) == 0 {
@@ -57,7 +65,7 @@ func Install(ctx context.Context, components ...string) error {
 	}
 	for _, c := range components {
 		switch c {
-		case CompPostgres, CompMariaDB, CompKafka, CompKcat:
+		case CompPostgres, CompMariaDB, CompKafka, CompKcat, CompOpenSearch, CompVersitygw, CompDuckDB:
 		default:
 			return fmt.Errorf("testharness: unknown component %q", c)
 		}
@@ -99,6 +107,21 @@ func Install(ctx context.Context, components ...string) error {
 			if err := downloadKafka(ctx, cache); err != nil {
 				return err
 			}
+		case CompOpenSearch:
+			if _, err := openSearchUser(); err != nil {
+				return err
+			}
+			if err := downloadOpenSearch(ctx, cache); err != nil {
+				return err
+			}
+		case CompVersitygw:
+			if err := installVersitygw(ctx, cache); err != nil {
+				return err
+			}
+		case CompDuckDB:
+			if err := installDuckDB(ctx); err != nil {
+				return err
+			}
 		}
 	}
 	if !installed(components) {
@@ -131,6 +154,23 @@ func missing(components []string) []string {
 			lack = append(lack, missingBins("java")...)
 			if !kafkaDownloaded() {
 				lack = append(lack, "Kafka "+KafkaVersion+" jars")
+			}
+		case CompOpenSearch:
+			lack = append(lack, missingBins("java")...)
+			if !openSearchDownloaded() {
+				lack = append(lack, "OpenSearch "+OpenSearchVersion)
+			}
+			if os.Geteuid() == 0 && !userExists(openSearchOSUser) {
+				lack = append(lack, "OS user "+openSearchOSUser)
+			}
+		case CompVersitygw:
+			if !versitygwInstalled() {
+				lack = append(lack, "versitygw "+VersitygwVersion)
+			}
+		case CompDuckDB:
+			lack = append(lack, missingBins("node", "npm")...)
+			if !duckdbInstalled() {
+				lack = append(lack, "@duckdb/node-api "+DuckDBNodeAPI)
 			}
 		}
 		if len(lack) > 0 {
@@ -168,6 +208,24 @@ func aptPackages(c string) []string {
 		}
 		if !kafkaDownloaded() && lookBin("mvn") == "" {
 			p = append(p, "maven")
+		}
+		return p
+	case CompOpenSearch:
+		var p []string
+		if lookBin("java") == "" {
+			p = append(p, "default-jre-headless")
+		}
+		if !openSearchDownloaded() && lookBin("mvn") == "" {
+			p = append(p, "maven")
+		}
+		return p
+	case CompDuckDB:
+		var p []string
+		if lookBin("node") == "" {
+			p = append(p, "nodejs")
+		}
+		if lookBin("npm") == "" {
+			p = append(p, "npm")
 		}
 		return p
 	}
