@@ -1,16 +1,11 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"log/slog"
 
-	"github.com/plumecdc/plume/pkg/capture"
 	"github.com/plumecdc/plume/pkg/config"
-	"github.com/plumecdc/plume/pkg/router"
 	"github.com/plumecdc/plume/pkg/runtime"
-	"github.com/plumecdc/plume/pkg/target"
 )
 
 func cmdValidate(args []string, stdout, stderr io.Writer) int {
@@ -40,27 +35,5 @@ func validate(file string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := router.Compile(cfg.Routes); err != nil {
-		return err
-	}
-	if _, err := runtime.TopicFunc(cfg); err != nil {
-		return err
-	}
-	log := slog.New(slog.DiscardHandler)
-	src, err := capture.NewSource(cfg, log)
-	if err != nil {
-		return fmt.Errorf("%s: source: %w", file, err)
-	}
-	src.Close()
-	for _, name := range cfg.TargetNames() {
-		if _, err := cfg.Targets[name].Delivery(); err != nil {
-			return err
-		}
-		t, err := target.New(context.Background(), target.Env{Pipeline: cfg, Name: name, Config: cfg.Targets[name], Log: log})
-		if err != nil {
-			return err
-		}
-		t.Close()
-	}
-	return nil
+	return runtime.Validate(cfg)
 }

@@ -21,6 +21,18 @@ import (
 	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/plumecdc/plume/pkg/config"
+	"github.com/plumecdc/plume/pkg/runtime"
+
+	// Every connector, so that the examples' sources and targets are
+	// checked as plume validate checks them.
+	_ "github.com/plumecdc/plume/connectors/http"
+	_ "github.com/plumecdc/plume/connectors/kafka"
+	_ "github.com/plumecdc/plume/connectors/lake"
+	_ "github.com/plumecdc/plume/connectors/mysql"
+	_ "github.com/plumecdc/plume/connectors/postgres"
+	_ "github.com/plumecdc/plume/connectors/salesforce"
+	_ "github.com/plumecdc/plume/connectors/search"
+	_ "github.com/plumecdc/plume/connectors/sql"
 )
 
 const (
@@ -603,8 +615,9 @@ var envRefRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}`)
 
 // checkPipeline parses the rendered pipeline with Plume's own parser, with
 // exactly the environment variables the pods get from the chart: a ${VAR}
-// that nothing provides fails here as it would in the pod. Target types
-// that do not exist yet are fine: Parse checks only that a type is given.
+// that nothing provides fails here as it would in the pod. Then it runs
+// plume validate's checks (runtime.Validate): routes compile, and the
+// source and every target accept their blocks.
 func checkPipeline(t *testing.T, ms []manifest) {
 	t.Helper()
 	cms := find[*corev1.ConfigMap](ms)
@@ -653,6 +666,9 @@ func checkPipeline(t *testing.T, ms []manifest) {
 	p, err := config.Parse(pipelinePath, []byte(text))
 	if err != nil {
 		t.Fatalf("the rendered pipeline does not parse:\n%v\n--- %s\n%s", err, pipelinePath, text)
+	}
+	if err := runtime.Validate(p); err != nil {
+		t.Errorf("the rendered pipeline does not validate:\n%v\n--- %s\n%s", err, pipelinePath, text)
 	}
 	if want := stateRoot + "/" + p.Name; p.StateDir != want {
 		t.Errorf("state_dir %q, want %q", p.StateDir, want)
