@@ -452,10 +452,22 @@ func (st *streamer) onRows(ctx context.Context, ev *replication.BinlogEvent, e *
 		if err != nil {
 			return fmt.Errorf("mysql: table %s at %s: %w", qn, st.cur, err)
 		}
-		ch := st.newChange(op, info.table, before, after, ev.Header, int64(i/step))
 		if st.snap != nil {
 			st.snap.observe(qn, info.table, before, after, st.cur)
 		}
+		if op == event.OpUpdate && event.KeyChanged(info.table, before, after) {
+			// A key change is a delete of the old key and an insert of the
+			// new one (as Debezium does), each in its own key's partition;
+			// the insert takes the next row index.
+			if err := st.emit(ctx, st.newChange(event.OpDelete, info.table, before, nil, ev.Header, int64(i/step)), qn); err != nil {
+				return err
+			}
+			if err := st.emit(ctx, st.newChange(event.OpCreate, info.table, nil, after, ev.Header, int64(i/step)), qn); err != nil {
+				return err
+			}
+			continue
+		}
+		ch := st.newChange(op, info.table, before, after, ev.Header, int64(i/step))
 		if err := st.emit(ctx, ch, qn); err != nil {
 			return err
 		}

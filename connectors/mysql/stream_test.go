@@ -21,11 +21,13 @@ func TestStreamMultiRowStatements(t *testing.T) {
 	m.Exec(t, db, "UPDATE a SET v = CONCAT(v, '!')")
 	m.Exec(t, db, "DELETE FROM a WHERE id < 3")
 	m.Exec(t, db, "BEGIN; INSERT INTO b VALUES ('p',1),('q',2); INSERT INTO a VALUES (4,'w'); UPDATE b SET n = n + 10 WHERE k = 'q'; COMMIT")
+	// A key change: a delete of the old key, then an insert of the new one.
+	m.Exec(t, db, "BEGIN; UPDATE a SET id = 5 WHERE id = 4; UPDATE a SET v = 'v' WHERE id = 3; COMMIT")
 
-	waitFor(t, r, 20*time.Second, "12 changes", func() bool { return len(em.changes()) >= 12 })
+	waitFor(t, r, 20*time.Second, "15 changes", func() bool { return len(em.changes()) >= 15 })
 	got := em.changes()
-	if len(got) != 12 {
-		t.Fatalf("got %d changes, want 12: %s", len(got), mustJSON(got))
+	if len(got) != 15 {
+		t.Fatalf("got %d changes, want 15: %s", len(got), mustJSON(got))
 	}
 	ids := map[string]bool{}
 	for _, c := range got {
@@ -55,6 +57,9 @@ func TestStreamMultiRowStatements(t *testing.T) {
 		{"insert", "b", "k=q", 1, 2, "", `{"k":"q","n":2}`},
 		{"insert", "a", "id=4", 2, 1, "", `{"id":4,"v":"w"}`},
 		{"update", "b", "k=q", 3, 3, `{"k":"q","n":2}`, `{"k":"q","n":12}`},
+		{"delete", "a", "id=4", 0, 1, `{"id":4,"v":"w"}`, ""},
+		{"insert", "a", "id=5", 1, 2, "", `{"id":5,"v":"w"}`},
+		{"update", "a", "id=3", 2, 3, `{"id":3,"v":"z!"}`, `{"id":3,"v":"v"}`},
 	}
 	for i, w := range wants {
 		c := got[i]
@@ -63,15 +68,15 @@ func TestStreamMultiRowStatements(t *testing.T) {
 			t.Errorf("change %d = %s %s %s idx=%d tidx=%d before=%s after=%s; want %+v", i, c.Op, c.Table, c.Subject, c.Index, c.TableIndex, flat(c.Before), flat(c.After), w)
 		}
 	}
-	// Four source transactions, each committed once after its rows.
+	// Five source transactions, each committed once after its rows.
 	var sizes []int
 	for _, tx := range em.committed {
 		if len(tx.Changes) > 0 {
 			sizes = append(sizes, len(tx.Changes))
 		}
 	}
-	if mustJSON(sizes) != "[3,3,2,4]" {
-		t.Errorf("transaction sizes %v, want [3 3 2 4]", sizes)
+	if mustJSON(sizes) != "[3,3,2,4,3]" {
+		t.Errorf("transaction sizes %v, want [3 3 2 4 3]", sizes)
 	}
 	if err := r.stop(t); err != nil {
 		t.Fatalf("Run: %v", err)

@@ -606,6 +606,7 @@ func (st *streamer) update(ctx context.Context, m *pglogrepl.UpdateMessage) erro
 		}
 		switch {
 		case keepNew:
+			return st.emitUpdate(ctx, r, m.RelationID, i, ti, before, after)
 		case keepOld:
 			// The new key's chunk was read after this change (it holds the
 			// new row) but the old key's chunk before it (it holds the old
@@ -615,7 +616,23 @@ func (st *streamer) update(ctx context.Context, m *pglogrepl.UpdateMessage) erro
 			return nil
 		}
 	}
-	return st.emit(ctx, event.OpUpdate, r, i, ti, before, after)
+	return st.emitUpdate(ctx, r, m.RelationID, i, ti, before, after)
+}
+
+// emitUpdate emits an update, or, when it changed the row's key, a delete
+// of the old key and an insert of the new one (as Debezium does): each
+// lands in its own key's partition, in order with that key's other
+// changes. The insert takes the next row index of the transaction, so ids
+// stay "<position>/<index>" and deterministic.
+func (st *streamer) emitUpdate(ctx context.Context, r *streamRel, rel uint32, i, ti int64, before, after []event.Value) error {
+	if !event.KeyChanged(r.table, before, after) {
+		return st.emit(ctx, event.OpUpdate, r, i, ti, before, after)
+	}
+	if err := st.emit(ctx, event.OpDelete, r, i, ti, before, nil); err != nil {
+		return err
+	}
+	i, ti = st.next(rel)
+	return st.emit(ctx, event.OpCreate, r, i, ti, nil, after)
 }
 
 func (st *streamer) delete(ctx context.Context, m *pglogrepl.DeleteMessage) error {

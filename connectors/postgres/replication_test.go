@@ -60,8 +60,8 @@ func TestStreamTransaction(t *testing.T) {
 	waitFor(t, 30*time.Second, "two transactions", func() bool { return len(rec.committed()) >= 2 })
 	txns := rec.committed()
 	got := txns[0].changes
-	if len(got) != 6 {
-		t.Fatalf("first transaction: want 6 changes, got %d:\n%s", len(got), describe(got))
+	if len(got) != 7 {
+		t.Fatalf("first transaction: want 7 changes, got %d:\n%s", len(got), describe(got))
 	}
 	type want struct {
 		op     event.Op
@@ -75,10 +75,12 @@ func TestStreamTransaction(t *testing.T) {
 		{event.OpCreate, "public.items", 2, `null`, `{"id":2,"name":"two","n":20}`},
 		{event.OpCreate, "public.other", 1, `null`, `{"id":1,"v":"x"}`},
 		{event.OpUpdate, "public.items", 3, `null`, `{"id":1,"name":"uno","n":10}`},
-		// Key change under REPLICA IDENTITY DEFAULT: a 'K' old tuple with
-		// only the key column filled.
-		{event.OpUpdate, "public.items", 4, `{"id":2,"name":null,"n":null}`, `{"id":3,"name":"two","n":20}`},
-		{event.OpDelete, "public.items", 5, `{"id":1,"name":null,"n":null}`, `null`},
+		// Key change under REPLICA IDENTITY DEFAULT (a 'K' old tuple with
+		// only the key column filled): a delete of the old key, then an
+		// insert of the new one, consecutive rows.
+		{event.OpDelete, "public.items", 4, `{"id":2,"name":null,"n":null}`, `null`},
+		{event.OpCreate, "public.items", 5, `null`, `{"id":3,"name":"two","n":20}`},
+		{event.OpDelete, "public.items", 6, `{"id":1,"name":null,"n":null}`, `null`},
 	}
 	lsn0 := got[0].Pos
 	for i, w := range wants {
@@ -127,7 +129,7 @@ func TestStreamTransaction(t *testing.T) {
 		t.Errorf("checkpoint %s: want LSN past %s", txns[0].cp, commitLSN)
 	}
 	// Envelope renders.
-	env := envelope(got[4])
+	env := envelope(got[3])
 	if !strings.Contains(env, `"op":"u"`) || !strings.Contains(env, `"txId":"`+strconv.FormatInt(xid, 10)+`"`) {
 		t.Errorf("envelope %s", env)
 	}

@@ -236,3 +236,28 @@ func appendEscaped(dst []byte, s string) []byte {
 	}
 	return dst
 }
+
+// KeyChanged reports whether an update moved its row to another key: both
+// images are present and their key columns render differently. Sources
+// emit such an update as a delete of the old key followed by an insert of
+// the new one (docs/events.md).
+func KeyChanged(t *Table, before, after []Value) bool {
+	if before == nil || after == nil || t == nil || len(t.Key) == 0 {
+		return false
+	}
+	for _, k := range t.Key {
+		if k >= len(before) || k >= len(after) {
+			return false
+		}
+		if _, ok := before[k].(Unchanged); ok {
+			return false
+		}
+		if _, ok := after[k].(Unchanged); ok {
+			return false
+		}
+		if string(appendKeyValue(nil, before[k])) != string(appendKeyValue(nil, after[k])) {
+			return true
+		}
+	}
+	return false
+}

@@ -297,3 +297,22 @@ func TestBinaryRecordMatchesAttributes(t *testing.T) {
 		}
 	}
 }
+
+func TestKeyChanged(t *testing.T) {
+	tb := &Table{Columns: []Column{{Name: "a"}, {Name: "b"}, {Name: "v"}}, Key: []int{0, 1}}
+	for _, c := range []struct {
+		before, after []Value
+		want          bool
+	}{
+		{[]Value{int64(1), "x", "p"}, []Value{int64(1), "x", "q"}, false},
+		{[]Value{int64(1), "x", "p"}, []Value{int64(2), "x", "p"}, true},
+		{[]Value{int64(1), "x", "p"}, []Value{int64(1), "y", "p"}, true},
+		{nil, []Value{int64(1), "x", "p"}, false},
+		{[]Value{int64(1), Unchanged{}, "p"}, []Value{int64(1), "y", "p"}, false},
+		{[]Value{Decimal("1.0"), "x", nil}, []Value{Decimal("1.00"), "x", nil}, true},
+	} {
+		if got := KeyChanged(tb, c.before, c.after); got != c.want {
+			t.Errorf("KeyChanged(%v, %v) = %v, want %v", c.before, c.after, got, c.want)
+		}
+	}
+}
