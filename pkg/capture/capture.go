@@ -167,6 +167,11 @@ func Run(ctx context.Context, cfg Config, src Source, mirror Mirror, stats *Stat
 		kgo.ProducerBatchMaxBytes(int32(cfg.MaxMessageBytes)),
 		kgo.RecordRetries(20),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		// franz-go waits 10 ms by default to fill a batch. Records of a
+		// transaction are invisible until it commits anyway, and under
+		// load batches fill while the 5 requests in flight are busy, so a
+		// short linger only adds latency at moderate rates.
+		kgo.ProducerLinger(2*time.Millisecond),
 	)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
