@@ -85,6 +85,9 @@ func run() int {
 		k := testharness.Kafka(root)
 		b.brokers = k.Brokers()
 		b.bin = buildPlume(root)
+		b.res.Baseline = measureBaseline(root, b.bin)
+		logf("plume idle: peak RSS %.0f MB (file-backed %.0f MB, anonymous %.0f MB), binary %.0f MB",
+			b.res.Baseline.PeakRSSMB, b.res.Baseline.RssFileMB, b.res.Baseline.RssAnonMB, b.res.Baseline.BinaryMB)
 		for _, kind := range s.Sources {
 			switch kind {
 			case "postgres":

@@ -25,6 +25,8 @@ type Results struct {
 	Latency   []*LatencyResult  `json:"sustained_latency"`
 	Snapshots []*SnapshotResult `json:"snapshot"`
 	E2E       []*E2EResult      `json:"end_to_end"`
+	// Baseline is an idle plume process's memory (baseline.go).
+	Baseline Baseline `json:"idle_plume"`
 	// Routes are the router workload (bench/route.go).
 	Routes []*RouteResult `json:"router,omitempty"`
 	// TargetRuns are the target workloads (bench/targets.go).
@@ -272,6 +274,10 @@ func (r *Results) markdown() string {
 	}
 	p("Database, Kafka broker, Plume and the load generator share the machine. Plume figures are the `plume run --stage capture` binary (child process; CPU and peak RSS from /proc); profiles, GC share and allocations are from the same pipeline run in the benchmark process (pkg/runtime), on the same backlog.")
 	p("")
+	if bl := r.Baseline; bl.PeakRSSMB > 0 {
+		p("An idle `plume run` (started, broker unreachable, no work) peaks at %.0f MB RSS: %.0f MB of it are the binary's file-backed pages (code and read-only data touched at start-up by package initialisers; clean, shared, reclaimable) and %.0f MB anonymous memory. The binary is %.0f MB. Every peak RSS below includes that floor.", bl.PeakRSSMB, bl.RssFileMB, bl.RssAnonMB, bl.BinaryMB)
+		p("")
+	}
 	p("## Targets")
 	p("")
 	p("| target | measured | status |")
