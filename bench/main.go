@@ -117,6 +117,16 @@ func run() int {
 		if err := runStep(name, f); err != nil {
 			logf("%s: FAILED: %v", name, err)
 			b.res.Errors = append(b.res.Errors, name+": "+firstLine(err.Error()))
+		} else {
+			// A rerun that succeeded (BENCH_MERGE=1) clears the step's
+			// earlier error.
+			kept := b.res.Errors[:0]
+			for _, e := range b.res.Errors {
+				if !strings.HasPrefix(e, name+": ") {
+					kept = append(kept, e)
+				}
+			}
+			b.res.Errors = kept
 		}
 		logf("%s: %v", name, time.Since(start).Round(time.Second))
 		b.write()

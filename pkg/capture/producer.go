@@ -64,7 +64,9 @@ type producer struct {
 	topicTable  *event.Table // the table and op the cached topic is for
 	topicOp     event.Op
 	topicName   string
-	traceKey    string // the position the cached trace context is for
+	tracePos    string // the position (and, for snapshot rows, the table) of the cached trace context
+	traceTable  *event.Table
+	traceSnap   bool
 	trace       event.TraceContext
 	traceStr    string
 	txnSpans    []TxnSpan // source transactions in the open Kafka transaction (with a Tracer)
@@ -246,12 +248,12 @@ func (p *producer) commitLocked(ctx context.Context) error {
 // transaction (one per position; snapshot rows: per snapshot and table),
 // computing it once per transaction, and counts c into the tracer's spans.
 func (p *producer) traceFor(c *event.Change) {
-	key := c.Pos
-	if c.Snapshot {
-		key = c.Pos + "/" + c.Table.QualifiedName()
-	}
-	if key != p.traceKey {
-		p.traceKey = key
+	if c.Pos != p.tracePos || (c.Snapshot && c.Table != p.traceTable) || c.Snapshot != p.traceSnap {
+		p.tracePos, p.traceTable, p.traceSnap = c.Pos, c.Table, c.Snapshot
+		key := c.Pos
+		if c.Snapshot {
+			key = c.Pos + "/" + c.Table.QualifiedName()
+		}
 		p.trace = event.NewTraceContext(p.cfg.Pipeline, c.Table.Connector, "", key, p.cfg.TraceRatio)
 		p.traceStr = p.trace.String()
 		if p.cfg.Tracer != nil {
