@@ -333,7 +333,7 @@ func (r *Results) markdown() string {
 				num(float64(e.Rate)), num(e.Achieved), e.Latency.P50, e.Latency.P99, e.Latency.P999, e.Load.Start, e.Load.End, errNote(e.Err))
 		}
 		p("")
-		p("Applied time is the target row's applied_at column (DEFAULT clock_timestamp() / CURRENT_TIMESTAMP(6)), set when the sql target inserts it. The http target is not in the plume binary yet (connectors/http is not registered in cmd/plume), so it is not measured.")
+		p("Applied time is the target row's applied_at column (DEFAULT clock_timestamp() / CURRENT_TIMESTAMP(6)), set when the sql target inserts it. The http target's figures are in section 5 (route stage into a minimal receiver).")
 	}
 	if len(r.Routes) > 0 {
 		p("")
