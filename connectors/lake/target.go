@@ -85,11 +85,11 @@ type Target struct {
 	hookAfterManifest func() error
 }
 
-// BatchDefaults makes one batch, and so one commit, hold up to 50,000
+// DeliveryDefaults makes one batch, and so one commit, hold up to 50,000
 // changes or 16 MiB of records or 10 s of changes: files roll by size and
 // by time through the delivery block (see docs/targets/lake.md).
-func (t *Target) BatchDefaults() (int, int, time.Duration) {
-	return DefaultBatchMaxEvents, DefaultBatchMaxBytes, DefaultBatchLinger
+func (t *Target) DeliveryDefaults() target.DeliveryDefaults {
+	return target.DeliveryDefaults{BatchMaxEvents: DefaultBatchMaxEvents, BatchMaxBytes: DefaultBatchMaxBytes, BatchLinger: DefaultBatchLinger}
 }
 
 // Open loads the committed state and returns the committed offsets, which

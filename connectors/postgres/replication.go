@@ -219,8 +219,24 @@ func (s *Source) readLoop(ctx context.Context, repl *pgconn.PgConn, msgs chan<- 
 		batch, size = make([][]byte, 0, 64), 0
 		return true
 	}
+	// Receive without a context: pgconn would set up (and allocate) a
+	// context watcher per message. Cancellation instead sets a past read
+	// deadline, which ends the blocked receive with a timeout (pgconn keeps
+	// the connection open on timeouts); the deadline is cleared on the way
+	// out so the final status update can still be written.
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		_ = repl.Conn().SetReadDeadline(time.Now())
+	})
+	defer func() {
+		if !stop() {
+			<-fired
+			_ = repl.Conn().SetReadDeadline(time.Time{})
+		}
+	}()
 	for {
-		msg, err := repl.ReceiveMessage(ctx)
+		msg, err := repl.ReceiveMessage(context.Background())
 		if err != nil {
 			if ctx.Err() == nil {
 				errc <- fmt.Errorf("postgres: replication connection of slot %q: %w", s.slot, err)
@@ -551,17 +567,25 @@ func (st *streamer) emit(ctx context.Context, op event.Op, r *streamRel, index, 
 	return nil
 }
 
-func (st *streamer) insert(ctx context.Context, m *pglogrepl.InsertMessage) error {
+// row numbers the next row change of relation rel in the transaction and
+// returns its relation; ok is false when the change is not emitted (a
+// transaction being skipped, an uncaptured relation) or err is set. Every
+// change pgoutput sends takes an index, captured or not.
+func (st *streamer) row(rel uint32) (r *streamRel, i, ti int64, ok bool, err error) {
 	if st.skip {
-		return nil
+		return nil, 0, 0, false, nil
 	}
-	r, err := st.rel(m.RelationID)
-	if err != nil {
+	if r, err = st.rel(rel); err != nil {
+		return nil, 0, 0, false, err
+	}
+	i, ti = st.next(rel)
+	return r, i, ti, r.captured, nil
+}
+
+func (st *streamer) insert(ctx context.Context, m *pglogrepl.InsertMessage) error {
+	r, i, ti, ok, err := st.row(m.RelationID)
+	if !ok {
 		return err
-	}
-	i, ti := st.next(m.RelationID)
-	if !r.captured {
-		return nil
 	}
 	after, err := st.decodeTuple(r, m.Tuple)
 	if err != nil {
@@ -574,16 +598,9 @@ func (st *streamer) insert(ctx context.Context, m *pglogrepl.InsertMessage) erro
 }
 
 func (st *streamer) update(ctx context.Context, m *pglogrepl.UpdateMessage) error {
-	if st.skip {
-		return nil
-	}
-	r, err := st.rel(m.RelationID)
-	if err != nil {
+	r, i, ti, ok, err := st.row(m.RelationID)
+	if !ok {
 		return err
-	}
-	i, ti := st.next(m.RelationID)
-	if !r.captured {
-		return nil
 	}
 	after, err := st.decodeTuple(r, m.NewTuple)
 	if err != nil {
@@ -636,16 +653,9 @@ func (st *streamer) emitUpdate(ctx context.Context, r *streamRel, rel uint32, i,
 }
 
 func (st *streamer) delete(ctx context.Context, m *pglogrepl.DeleteMessage) error {
-	if st.skip {
-		return nil
-	}
-	r, err := st.rel(m.RelationID)
-	if err != nil {
+	r, i, ti, ok, err := st.row(m.RelationID)
+	if !ok {
 		return err
-	}
-	i, ti := st.next(m.RelationID)
-	if !r.captured {
-		return nil
 	}
 	before, err := st.decodeTuple(r, m.OldTuple)
 	if err != nil {

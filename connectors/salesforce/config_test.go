@@ -56,9 +56,9 @@ func TestConfigDefaultsAndErrors(t *testing.T) {
 		s.apiBudget != DefaultAPIBudget || s.delete != DeleteDelete || s.concurrency != DefaultConcurrency || s.clientSecret.Reveal() != "xyz-secret" {
 		t.Fatalf("settings %+v", s)
 	}
-	ev, by, lg := tg.(target.BatchDefaulter).BatchDefaults()
-	if ev != DefaultBatchMaxEvents || by != DefaultBatchMaxBytes || lg != DefaultBatchLinger {
-		t.Fatal("batch defaults")
+	if d := tg.(target.DeliveryDefaulter).DeliveryDefaults(); d.BatchMaxEvents != DefaultBatchMaxEvents || d.BatchMaxBytes != DefaultBatchMaxBytes ||
+		d.BatchLinger != DefaultBatchLinger || !d.Coalesce {
+		t.Fatalf("delivery defaults %+v", d)
 	}
 
 	cases := []struct{ yaml, want string }{

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/plumecdc/plume/pkg/event"
 	"github.com/plumecdc/plume/pkg/target"
@@ -40,8 +39,8 @@ type Target struct {
 }
 
 var (
-	_ target.Target         = (*Target)(nil)
-	_ target.BatchDefaulter = (*Target)(nil)
+	_ target.Target            = (*Target)(nil)
+	_ target.DeliveryDefaulter = (*Target)(nil)
 )
 
 // outcome of one message.
@@ -91,10 +90,10 @@ func newTarget(cfg Config, name, dir string, log *slog.Logger, errf func(top, ke
 // Stats returns the target's counters.
 func (t *Target) Stats() *Stats { return &t.stats }
 
-// BatchDefaults makes the delivery layer's batches large by default (see
+// DeliveryDefaults makes the delivery layer's batches large by default (see
 // DefaultBatchMaxEvents).
-func (t *Target) BatchDefaults() (int, int, time.Duration) {
-	return DefaultBatchMaxEvents, DefaultBatchMaxBytes, DefaultBatchLinger
+func (t *Target) DeliveryDefaults() target.DeliveryDefaults {
+	return target.DeliveryDefaults{BatchMaxEvents: DefaultBatchMaxEvents, BatchMaxBytes: DefaultBatchMaxBytes, BatchLinger: DefaultBatchLinger, Coalesce: true}
 }
 
 // Open authenticates, reads the object's fields (describe) and checks the

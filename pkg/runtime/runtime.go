@@ -408,10 +408,7 @@ func (p *Pipeline) runTarget(ctx context.Context, name string, t target.Target, 
 		BatchMaxEvents: dl.BatchMaxEvents,
 		BatchMaxBytes:  dl.BatchMaxBytes,
 		BatchLinger:    dl.BatchLinger.Duration,
-		Coalesce:       p.Cfg.Targets[name].Type == "salesforce",
-	}
-	if dl.Coalesce != nil {
-		cfg.Coalesce = *dl.Coalesce
+		Coalesce:       dl.Coalesce, // nil: the target type's default
 	}
 	if p.tracer != nil {
 		stats.AppliedObserver = p.tracer.Delivered(name)

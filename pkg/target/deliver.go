@@ -55,8 +55,9 @@ type DeliveryConfig struct {
 	RetryMin       time.Duration // default 100ms
 	RetryMax       time.Duration // default 30s
 	// Coalesce keeps, within each batch, only the last message of each
-	// (route, table, key): a price changed ten times costs one write.
-	Coalesce bool
+	// (route, table, key): a price changed ten times costs one write. nil:
+	// the target type's default (DeliveryDefaulter), else off.
+	Coalesce *bool
 }
 
 func (c *DeliveryConfig) defaults() {
@@ -75,14 +76,27 @@ func (c *DeliveryConfig) defaults() {
 	if c.RetryMax <= 0 {
 		c.RetryMax = 30 * time.Second
 	}
+	if c.Coalesce == nil {
+		c.Coalesce = new(bool)
+	}
 }
 
-// BatchDefaulter is implemented by a target type whose batches should
+// DeliveryDefaults are a target type's own defaults for the delivery
+// layer; zero values keep the layer's. A target's delivery block wins over
+// them.
+type DeliveryDefaults struct {
+	BatchMaxEvents int
+	BatchMaxBytes  int
+	BatchLinger    time.Duration
+	Coalesce       bool
+}
+
+// DeliveryDefaulter is implemented by a target type whose batches should
 // default to other limits than the layer's (the salesforce target wants
-// large batches so that Bulk API jobs and full 200-record calls happen).
-// Zero values keep the layer's defaults; a target's delivery block wins.
-type BatchDefaulter interface {
-	BatchDefaults() (maxEvents, maxBytes int, linger time.Duration)
+// large, coalesced batches so that Bulk API jobs and full 200-record calls
+// happen; the lake target's batches are its files).
+type DeliveryDefaulter interface {
+	DeliveryDefaults() DeliveryDefaults
 }
 
 // DeliveryStats counts a target's progress and carries its pause switch.
@@ -134,16 +148,19 @@ type DeliveryStats struct {
 //     committed offset (each records only applied positions); otherwise the
 //     partition's start.
 func Deliver(ctx context.Context, cfg DeliveryConfig, t Target, r Router, store OffsetStore, dlq *DLQ, stats *DeliveryStats, log *slog.Logger) error {
-	if bd, ok := t.(BatchDefaulter); ok {
-		events, bytes, linger := bd.BatchDefaults()
+	if dd, ok := t.(DeliveryDefaulter); ok {
+		def := dd.DeliveryDefaults()
 		if cfg.BatchMaxEvents <= 0 {
-			cfg.BatchMaxEvents = events
+			cfg.BatchMaxEvents = def.BatchMaxEvents
 		}
 		if cfg.BatchMaxBytes <= 0 {
-			cfg.BatchMaxBytes = bytes
+			cfg.BatchMaxBytes = def.BatchMaxBytes
 		}
 		if cfg.BatchLinger <= 0 {
-			cfg.BatchLinger = linger
+			cfg.BatchLinger = def.BatchLinger
+		}
+		if cfg.Coalesce == nil {
+			cfg.Coalesce = &def.Coalesce
 		}
 	}
 	cfg.defaults()
@@ -279,7 +296,7 @@ func (d *deliverer) collect(ctx context.Context) (*Batch, []DeadLetter, error) {
 		if !deadline.IsZero() {
 			left := time.Until(deadline)
 			if left <= 0 {
-				if d.cfg.Coalesce {
+				if *d.cfg.Coalesce {
 					b.Messages = Coalesce(b.Messages)
 				}
 				return b, dead, nil
@@ -318,7 +335,7 @@ func (d *deliverer) collect(ctx context.Context) (*Batch, []DeadLetter, error) {
 			deadline = time.Now().Add(d.cfg.BatchLinger)
 		}
 		if len(b.Messages) >= d.cfg.BatchMaxEvents || bytes >= d.cfg.BatchMaxBytes {
-			if d.cfg.Coalesce {
+			if *d.cfg.Coalesce {
 				b.Messages = Coalesce(b.Messages)
 			}
 			return b, dead, nil

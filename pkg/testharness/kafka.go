@@ -12,8 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -32,10 +30,7 @@ type KafkaServer struct {
 	DataDir        string // log.dirs
 	LogPath        string // broker log (Log4j2 to stdout)
 
-	mu     sync.Mutex
-	dir    string
-	proc   *proc
-	closed bool
+	procServer // Start, Stop, Kill, Restart, Running
 }
 
 var sharedKafka sharedServer[*KafkaServer]
@@ -72,8 +67,8 @@ func newKafka() (*KafkaServer, error) {
 		Host:    "127.0.0.1",
 		DataDir: filepath.Join(dir, "data"),
 		LogPath: filepath.Join(dir, "kafka.log"),
-		dir:     dir,
 	}
+	k.procServer = procServer{name: "Kafka", dir: dir, launch: k.launch}
 	onExit(func() { k.close() })
 	for attempt := 0; ; attempt++ {
 		ports, err := freePorts(2)
@@ -198,31 +193,14 @@ func kafkaClusterID() string {
 	}
 }
 
-// Start starts the broker (same ports and data dir as before) and waits up
-// to 120s until a client can fetch metadata. No-op if it is running.
-func (k *KafkaServer) Start() error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.startLocked()
-}
-
-func (k *KafkaServer) startLocked() error {
-	if k.closed {
-		return errors.New("testharness: Kafka server was closed")
-	}
-	if k.proc != nil && !k.proc.exited() {
-		return nil
-	}
+// launch starts the broker and waits up to 120s until a client can fetch
+// metadata.
+func (k *KafkaServer) launch() (*proc, error) {
 	cmd, err := k.javaCmd(context.Background(), "kafka.Kafka", k.configPath())
 	if err != nil {
-		return err
+		return nil, err
 	}
-	proc, err := startServer("Kafka", cmd, k.LogPath, 120*time.Second, k.ping)
-	if err != nil {
-		return err
-	}
-	k.proc = proc
-	return nil
+	return startServer("Kafka", cmd, k.LogPath, 120*time.Second, k.ping)
 }
 
 // ping succeeds when the broker answers a metadata request listing itself
@@ -248,67 +226,6 @@ func (k *KafkaServer) ping(ctx context.Context) error {
 // Brokers returns the seed broker addresses.
 func (k *KafkaServer) Brokers() []string {
 	return []string{net.JoinHostPort(k.Host, strconv.Itoa(k.Port))}
-}
-
-// Stop shuts the broker down cleanly (SIGTERM). No-op if it is not running.
-func (k *KafkaServer) Stop() error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.stopLocked()
-}
-
-func (k *KafkaServer) stopLocked() error {
-	if k.proc == nil || k.proc.exited() {
-		return nil
-	}
-	err := k.proc.stop(syscall.SIGTERM, 60*time.Second)
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		err = nil // the JVM exits 143 on SIGTERM
-	}
-	return err
-}
-
-// Kill crashes the broker with SIGKILL; the next Start recovers its logs.
-func (k *KafkaServer) Kill() error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.proc != nil {
-		k.proc.kill()
-	}
-	return nil
-}
-
-// Restart stops and starts the broker with the same ports and log dirs,
-// failing t on error.
-func (k *KafkaServer) Restart(t testing.TB) {
-	t.Helper()
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if err := k.stopLocked(); err != nil {
-		t.Fatalf("testharness: stop Kafka: %v", err)
-	}
-	if err := k.startLocked(); err != nil {
-		t.Fatalf("testharness: restart Kafka: %v", err)
-	}
-}
-
-// Running reports whether the broker process is running.
-func (k *KafkaServer) Running() bool {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.proc != nil && !k.proc.exited()
-}
-
-func (k *KafkaServer) close() {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.closed {
-		return
-	}
-	_ = k.stopLocked()
-	k.closed = true
-	removeTemp(k.dir)
 }
 
 // KafkaClient returns a franz-go client for brokers (a KafkaServer's or a

@@ -2,15 +2,12 @@ package testharness
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -32,11 +29,9 @@ type MySQL struct {
 	DataDir  string
 	LogPath  string // server error log (stderr)
 
-	mu     sync.Mutex
-	dir    string
 	socket string
-	proc   *proc
-	closed bool
+
+	procServer // Start, Stop, Kill, Restart, Running
 }
 
 var sharedMariaDB sharedServer[*MySQL]
@@ -75,9 +70,9 @@ func newMariaDB() (*MySQL, error) {
 		ServerID: 1,
 		DataDir:  filepath.Join(dir, "data"),
 		LogPath:  filepath.Join(dir, "mariadb.log"),
-		dir:      dir,
 		socket:   filepath.Join(dir, "mysqld.sock"),
 	}
+	m.procServer = procServer{name: "MariaDB", dir: dir, launch: m.launch}
 	install := exec.CommandContext(ctx, lookBin("mariadb-install-db"), append([]string{
 		"--no-defaults", "--datadir=" + m.DataDir,
 		"--auth-root-authentication-method=normal", "--skip-test-db",
@@ -97,21 +92,8 @@ func newMariaDB() (*MySQL, error) {
 	}
 }
 
-// Start starts the server (same port and data dir as before). It is a no-op
-// if the server is running.
-func (m *MySQL) Start() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.startLocked()
-}
-
-func (m *MySQL) startLocked() error {
-	if m.closed {
-		return errors.New("testharness: MariaDB server was closed")
-	}
-	if m.proc != nil && !m.proc.exited() {
-		return nil
-	}
+// launch starts mariadbd and waits up to 60s until it answers a ping.
+func (m *MySQL) launch() (*proc, error) {
 	cmd := exec.Command(lookBin("mariadbd"), append([]string{
 		"--no-defaults", // must come first
 		"--datadir=" + m.DataDir,
@@ -136,12 +118,7 @@ func (m *MySQL) startLocked() error {
 		"--sync-binlog=0",
 		"--max-connections=300",
 	}, mariadbUser()...)...)
-	proc, err := startServer("MariaDB", cmd, m.LogPath, 60*time.Second, m.ping)
-	if err != nil {
-		return err
-	}
-	m.proc = proc
-	return nil
+	return startServer("MariaDB", cmd, m.LogPath, 60*time.Second, m.ping)
 }
 
 // mariadbUser is the --user flag, which MariaDB requires (and only
@@ -166,69 +143,6 @@ func (m *MySQL) connect(ctx context.Context, db string) (*client.Conn, error) {
 	dialer := &net.Dialer{Timeout: 5 * time.Second}
 	return client.ConnectWithDialer(ctx, "tcp", m.Addr(), m.User, m.Password, db, dialer.DialContext,
 		func(c *client.Conn) error { return c.SetCapability(mysql.CLIENT_MULTI_STATEMENTS) })
-}
-
-// Stop shuts the server down cleanly (SIGTERM). It is a no-op if the server
-// is not running.
-func (m *MySQL) Stop() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.stopLocked()
-}
-
-func (m *MySQL) stopLocked() error {
-	if m.proc == nil || m.proc.exited() {
-		return nil
-	}
-	err := m.proc.stop(syscall.SIGTERM, 60*time.Second)
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		err = nil
-	}
-	return err
-}
-
-// Kill crashes the server with SIGKILL; the next Start runs InnoDB crash
-// recovery.
-func (m *MySQL) Kill() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.proc != nil {
-		m.proc.kill()
-	}
-	return nil
-}
-
-// Restart stops and starts the server with the same port and data dir,
-// failing t on error.
-func (m *MySQL) Restart(t testing.TB) {
-	t.Helper()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if err := m.stopLocked(); err != nil {
-		t.Fatalf("testharness: stop MariaDB: %v", err)
-	}
-	if err := m.startLocked(); err != nil {
-		t.Fatalf("testharness: restart MariaDB: %v", err)
-	}
-}
-
-// Running reports whether the server process is running.
-func (m *MySQL) Running() bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.proc != nil && !m.proc.exited()
-}
-
-func (m *MySQL) close() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return
-	}
-	_ = m.stopLocked()
-	m.closed = true
-	removeTemp(m.dir)
 }
 
 // Addr returns "127.0.0.1:PORT".

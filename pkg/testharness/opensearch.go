@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -44,13 +43,11 @@ type OpenSearchServer struct {
 	DataDir string // path.data
 	LogPath string // server output (stdout and stderr)
 
-	mu            sync.Mutex
-	dir           string
 	home          string // the instance's copy of the distribution
 	transportPort int
 	cred          *syscall.Credential // nil when not running as root
-	proc          *proc
-	closed        bool
+
+	procServer // Start, Stop, Kill, Restart, Running
 }
 
 var sharedOpenSearch sharedServer[*OpenSearchServer]
@@ -100,10 +97,10 @@ func newOpenSearch() (*OpenSearchServer, error) {
 		Host:    "127.0.0.1",
 		DataDir: filepath.Join(dir, "data"),
 		LogPath: filepath.Join(dir, "opensearch.log"),
-		dir:     dir,
 		home:    filepath.Join(dir, "home"),
 		cred:    cred,
 	}
+	o.procServer = procServer{name: "OpenSearch", dir: dir, launch: o.launch}
 	// The cache dir is usually under /root (mode 0700), out of the server
 	// user's reach: each instance runs from its own copy (hard links when
 	// the file system allows, so it costs nothing).
@@ -182,24 +179,12 @@ func (o *OpenSearchServer) configure() error {
 	})
 }
 
-// Start starts the server (same ports and data dir as before) and waits up
-// to 180s until the cluster is at least yellow. No-op if it is running.
-func (o *OpenSearchServer) Start() error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.startLocked()
-}
-
-func (o *OpenSearchServer) startLocked() error {
-	if o.closed {
-		return errors.New("testharness: OpenSearch server was closed")
-	}
-	if o.proc != nil && !o.proc.exited() {
-		return nil
-	}
+// launch starts the server and waits up to 180s until the cluster is at
+// least yellow.
+func (o *OpenSearchServer) launch() (*proc, error) {
 	javaHome, err := openSearchJavaHome()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cmd := exec.Command(filepath.Join(o.home, "bin", "opensearch"),
 		"-Ediscovery.type=single-node",
@@ -227,12 +212,7 @@ func (o *OpenSearchServer) startLocked() error {
 		"OPENSEARCH_PATH_CONF="+filepath.Join(o.dir, "config"),
 		"OPENSEARCH_TMPDIR="+filepath.Join(o.dir, "tmp"),
 	)
-	p, err := startServer("OpenSearch", cmd, o.LogPath, 180*time.Second, o.ping)
-	if err != nil {
-		return err
-	}
-	o.proc = p
-	return nil
+	return startServer("OpenSearch", cmd, o.LogPath, 180*time.Second, o.ping)
 }
 
 // ping succeeds when the cluster health is yellow or green.
@@ -260,68 +240,6 @@ func (o *OpenSearchServer) ping(ctx context.Context) error {
 		return fmt.Errorf("cluster health is %q", h.Status)
 	}
 	return nil
-}
-
-// Stop shuts the server down cleanly (SIGTERM). No-op if it is not running.
-func (o *OpenSearchServer) Stop() error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.stopLocked()
-}
-
-func (o *OpenSearchServer) stopLocked() error {
-	if o.proc == nil || o.proc.exited() {
-		return nil
-	}
-	err := o.proc.stop(syscall.SIGTERM, 60*time.Second)
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		err = nil // the JVM exits 143 on SIGTERM
-	}
-	return err
-}
-
-// Kill crashes the server with SIGKILL; the next Start recovers its data
-// from the translog.
-func (o *OpenSearchServer) Kill() error {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.proc != nil {
-		o.proc.kill()
-	}
-	return nil
-}
-
-// Restart stops and starts the server with the same ports and data,
-// failing t on error.
-func (o *OpenSearchServer) Restart(t testing.TB) {
-	t.Helper()
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if err := o.stopLocked(); err != nil {
-		t.Fatalf("testharness: stop OpenSearch: %v", err)
-	}
-	if err := o.startLocked(); err != nil {
-		t.Fatalf("testharness: restart OpenSearch: %v", err)
-	}
-}
-
-// Running reports whether the server process is running.
-func (o *OpenSearchServer) Running() bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.proc != nil && !o.proc.exited()
-}
-
-func (o *OpenSearchServer) close() {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.closed {
-		return
-	}
-	_ = o.stopLocked()
-	o.closed = true
-	removeTemp(o.dir)
 }
 
 // openSearchUser returns the credential to run OpenSearch with: nil when

@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -36,10 +35,7 @@ type S3Server struct {
 	Data      string // the posix backend's root
 	LogPath   string
 
-	mu     sync.Mutex
-	dir    string
-	proc   *proc
-	closed bool
+	procServer // Start, Stop, Kill, Restart, Running
 }
 
 var sharedS3 sharedServer[*S3Server]
@@ -76,8 +72,8 @@ func newS3Server() (*S3Server, error) {
 		SecretKey: randomName(16),
 		Data:      filepath.Join(dir, "data"),
 		LogPath:   filepath.Join(dir, "versitygw.log"),
-		dir:       dir,
 	}
+	s.procServer = procServer{name: "versitygw", dir: dir, launch: s.launch}
 	for _, d := range []string{s.Data, filepath.Join(dir, "iam")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err
@@ -96,29 +92,15 @@ func newS3Server() (*S3Server, error) {
 	}
 }
 
-// Start starts the server (same port and data as before); a no-op if it
-// is running.
-func (s *S3Server) Start() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return errors.New("testharness: versitygw was closed")
-	}
-	if s.proc != nil && !s.proc.exited() {
-		return nil
-	}
+// launch starts versitygw and waits up to 30s until it answers.
+func (s *S3Server) launch() (*proc, error) {
 	bin, err := versitygwBin()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cmd := exec.Command(bin, "--port", "127.0.0.1:"+strconv.Itoa(s.Port), "--iam-dir", filepath.Join(s.dir, "iam"), "posix", s.Data)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+s.AccessKey, "ROOT_SECRET_KEY="+s.SecretKey)
-	p, err := startServer("versitygw", cmd, s.LogPath, 30*time.Second, s.ping)
-	if err != nil {
-		return err
-	}
-	s.proc = p
-	return nil
+	return startServer("versitygw", cmd, s.LogPath, 30*time.Second, s.ping)
 }
 
 // ping expects any HTTP answer from the S3 API (an anonymous request is
@@ -134,34 +116,6 @@ func (s *S3Server) ping(ctx context.Context) error {
 	}
 	resp.Body.Close()
 	return nil
-}
-
-// Stop stops the server (SIGTERM).
-func (s *S3Server) Stop() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.proc == nil || s.proc.exited() {
-		return nil
-	}
-	err := s.proc.stop(syscall.SIGTERM, 30*time.Second)
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		err = nil
-	}
-	return err
-}
-
-func (s *S3Server) close() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return
-	}
-	s.closed = true
-	if s.proc != nil {
-		s.proc.kill()
-	}
-	removeTemp(s.dir)
 }
 
 // Bucket creates a bucket with a unique name and returns the name. With the

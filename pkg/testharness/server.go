@@ -2,11 +2,13 @@ package testharness
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -113,4 +115,104 @@ func dedicated[S managed](t testing.TB, name string, start func() (S, error)) S 
 	}
 	t.Cleanup(s.close)
 	return s
+}
+
+// procServer is the lifecycle shared by the servers that run as one child
+// process (Kafka, MariaDB, OpenSearch, versitygw): start it (again) with the
+// same ports and data, stop it cleanly, crash it, restart it, and remove its
+// files for good at close. A server embeds it and sets name, dir and launch.
+type procServer struct {
+	name string
+	// launch starts the process and waits until it serves (startServer).
+	launch func() (*proc, error)
+
+	mu     sync.Mutex
+	dir    string // the server's temporary directory, removed at close
+	proc   *proc
+	closed bool
+}
+
+// Start starts the server (same ports and data as before) and waits until
+// it serves. No-op if it is running.
+func (s *procServer) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.startLocked()
+}
+
+func (s *procServer) startLocked() error {
+	if s.closed {
+		return fmt.Errorf("testharness: %s server was closed", s.name)
+	}
+	if s.proc != nil && !s.proc.exited() {
+		return nil
+	}
+	p, err := s.launch()
+	if err != nil {
+		return err
+	}
+	s.proc = p
+	return nil
+}
+
+// Stop shuts the server down cleanly (SIGTERM). No-op if it is not running.
+func (s *procServer) Stop() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopLocked()
+}
+
+func (s *procServer) stopLocked() error {
+	if s.proc == nil || s.proc.exited() {
+		return nil
+	}
+	err := s.proc.stop(syscall.SIGTERM, 60*time.Second)
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		err = nil // a JVM exits 143 on SIGTERM
+	}
+	return err
+}
+
+// Kill crashes the server with SIGKILL; the next Start recovers its data
+// (Kafka logs, InnoDB crash recovery, the OpenSearch translog).
+func (s *procServer) Kill() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc != nil {
+		s.proc.kill()
+	}
+	return nil
+}
+
+// Restart stops and starts the server with the same ports and data,
+// failing t on error.
+func (s *procServer) Restart(t testing.TB) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.stopLocked(); err != nil {
+		t.Fatalf("testharness: stop %s: %v", s.name, err)
+	}
+	if err := s.startLocked(); err != nil {
+		t.Fatalf("testharness: restart %s: %v", s.name, err)
+	}
+}
+
+// Running reports whether the server process is running.
+func (s *procServer) Running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.proc != nil && !s.proc.exited()
+}
+
+func (s *procServer) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	_ = s.stopLocked()
+	s.closed = true
+	removeTemp(s.dir)
 }
