@@ -223,7 +223,8 @@ func (e *eoEnv) currentLSN(ctx context.Context) string {
 
 // eoWriter makes changes to products in transactions of several kinds:
 // multi-row inserts, updates and deletes, re-inserts of deleted ids,
-// several changes of one key in one transaction, and transactions larger
+// several changes of one key in one transaction, primary-key changes,
+// and transactions larger
 // than a delivery batch.
 type eoWriter struct {
 	conn    *pgx.Conn
@@ -241,6 +242,7 @@ func (w *eoWriter) txn(ctx context.Context) error {
 	rng := w.rng
 	rnd := func(span int64) int64 { return 1 + rng.Int64N(max(span, 1)) }
 	var stmts []string
+	keyChange := false
 	switch k := rng.IntN(100); {
 	case w.bulk && k%2 == 0:
 		lo := rnd(w.nextID - 500)
@@ -258,9 +260,14 @@ func (w *eoWriter) txn(ctx context.Context) error {
 	case k < 80:
 		lo := rnd(w.nextID)
 		stmts = append(stmts, fmt.Sprintf(`DELETE FROM products WHERE id BETWEEN %d AND %d`, lo, lo+rng.Int64N(8)))
-	case k < 90: // bring deleted ids back, with their sku
+	case k < 87: // bring deleted ids back, with their sku
 		lo := rnd(w.nextID)
 		stmts = append(stmts, fmt.Sprintf(`INSERT INTO products (id, sku, name, price) SELECT g, 'SKU-'||g, 'revived %d', 1.5 FROM generate_series(%d, %d) g WHERE g < %d ON CONFLICT (id) DO NOTHING`, n, lo, lo+9, w.nextID))
+	case k < 90: // a primary-key change (and so a new sku): two events, delete of the old key and insert of the new
+		x := w.nextID
+		w.nextID++
+		keyChange = true
+		stmts = append(stmts, fmt.Sprintf(`UPDATE products SET id = %d, sku = 'SKU-%d', name = 'moved %d' WHERE id = %d`, x, x, n, rnd(x-1)))
 	default: // one key changed several times in one transaction
 		x := w.nextID
 		w.nextID++
@@ -285,6 +292,9 @@ func (w *eoWriter) txn(ctx context.Context) error {
 			return fmt.Errorf("%s: %w", s, err)
 		}
 		affected += tag.RowsAffected()
+		if keyChange {
+			affected += tag.RowsAffected() // captured as a delete and an insert
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return err
