@@ -114,18 +114,26 @@ func TestIcebergAppendsExactlyOnce(t *testing.T) {
 			if err := tg2.Apply(ctx, batch(3, r)); err != nil {
 				t.Fatal(err)
 			}
+			// A graceful stop (ctx cancelled) right after the lake commit:
+			// Apply still finishes the Iceberg append before returning.
+			stopCtx, stop := context.WithCancel(ctx)
+			tg2.hookAfterManifest = func() error { stop(); return nil }
+			if err := tg2.Apply(stopCtx, batch(4, row(5))); err != nil {
+				t.Fatalf("apply during a stop: %v", err)
+			}
+			tg2.hookAfterManifest = nil
 			tbl, err := tg2.ice.cat.LoadTable(ctx, table.Identifier{"plume", "public_items"})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if seq, ok := lastPlumeSeq(tbl); !ok || seq != 3 {
-				t.Fatalf("last commit-seq in Iceberg = %d %v, want 3", seq, ok)
+			if seq, ok := lastPlumeSeq(tbl); !ok || seq != 4 {
+				t.Fatalf("last commit-seq in Iceberg = %d %v, want 4", seq, ok)
 			}
-			if off := tbl.CurrentSnapshot().Summary.Properties[summaryOffsets]; off != `{"t.items":{"0":4}}` {
+			if off := tbl.CurrentSnapshot().Summary.Properties[summaryOffsets]; off != `{"t.items":{"0":5}}` {
 				t.Errorf("offsets in the snapshot summary = %s", off)
 			}
-			if n := len(tbl.Metadata().Snapshots()); n != 3 {
-				t.Errorf("want 3 snapshots (one per commit), got %d", n)
+			if n := len(tbl.Metadata().Snapshots()); n != 4 {
+				t.Errorf("want 4 snapshots (one per commit), got %d", n)
 			}
 			if _, ok := tbl.Schema().FindFieldByName("qty"); !ok {
 				t.Errorf("the Iceberg schema should have evolved: %v", tbl.Schema())
@@ -136,12 +144,12 @@ func TestIcebergAppendsExactlyOnce(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer at.Release()
-			if at.NumRows() != 4 {
-				t.Fatalf("Iceberg scan: %d rows, want 4", at.NumRows())
+			if at.NumRows() != 5 {
+				t.Fatalf("Iceberg scan: %d rows, want 5", at.NumRows())
 			}
 			// And the same files, by DuckDB, from the manifests.
 			rows := testharness.DuckDBQuery(t, "SELECT count(*) AS n, count(qty) AS q FROM "+parquetList(committedFiles(t, root)))
-			if fmt.Sprint(rows[0]["n"]) != "4" || fmt.Sprint(rows[0]["q"]) != "1" {
+			if fmt.Sprint(rows[0]["n"]) != "5" || fmt.Sprint(rows[0]["q"]) != "1" {
 				t.Fatalf("rows %v", rows)
 			}
 			if where == "local" {

@@ -271,8 +271,18 @@ func (t *Target) Apply(ctx context.Context, b *target.Batch) error {
 			return t.classify(err)
 		}
 	}
-	return t.classify(t.catchUpIceberg(ctx))
+	// The Iceberg append of a commit is finished even when a shutdown
+	// cancels ctx (bounded by icebergFinishTimeout), so that a graceful
+	// stop leaves every Iceberg table in step with the manifests. A crash
+	// is covered by the catch-up in Open.
+	ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), icebergFinishTimeout)
+	defer cancel()
+	return t.classify(t.catchUpIceberg(ictx))
 }
+
+// icebergFinishTimeout bounds the Iceberg append that Apply finishes after
+// its context is cancelled.
+const icebergFinishTimeout = 30 * time.Second
 
 // commit writes files, then the manifest (see Apply).
 func (t *Target) commit(ctx context.Context, files []*dataFile, batchOffsets target.Offsets) error {
