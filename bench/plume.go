@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
@@ -150,6 +151,8 @@ type inproc struct {
 	P      *pruntime.Pipeline
 	cancel context.CancelFunc
 	done   chan error
+	// gcPercent is the setting to restore at stop (-1: none).
+	gcPercent int
 }
 
 func startInproc(cfg *config.Pipeline, stage pruntime.Stage) (*inproc, error) {
@@ -162,13 +165,21 @@ func startInproc(cfg *config.Pipeline, stage pruntime.Stage) (*inproc, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ip := &inproc{P: p, cancel: cancel, done: make(chan error, 1)}
+	ip := &inproc{P: p, cancel: cancel, done: make(chan error, 1), gcPercent: -1}
+	// The collector runs as in `plume run` (pruntime.ApplyGCDefault) while
+	// the pipeline runs in this process; the bench's own work does not.
+	if _, set := os.LookupEnv("GOGC"); !set {
+		ip.gcPercent = debug.SetGCPercent(pruntime.DefaultGCPercent)
+	}
 	go func() { ip.done <- p.Run(ctx) }()
 	return ip, nil
 }
 
 func (ip *inproc) stop() error {
 	ip.cancel()
+	if ip.gcPercent >= 0 {
+		defer debug.SetGCPercent(ip.gcPercent)
+	}
 	var err error
 	select {
 	case err = <-ip.done:

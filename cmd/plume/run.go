@@ -31,6 +31,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if code, done := parseFlags(fs, args, stdout); done {
 		return code
 	}
+	runtime.ApplyGCDefault()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err == nil {

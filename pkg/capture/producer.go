@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -105,7 +106,8 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 		}
 		p.topics[topic] = true
 	}
-	p.enc.Pipeline, p.enc.Structured = p.cfg.Pipeline, p.cfg.Structured
+	// Binary-mode records are recycled once acknowledged (produce).
+	p.enc.Pipeline, p.enc.Structured, p.enc.Context = p.cfg.Pipeline, p.cfg.Structured, p.runCtx
 	if p.cfg.TraceParent && c.TraceParent == "" {
 		p.traceFor(c)
 		c.TraceParent = p.traceStr
@@ -118,6 +120,12 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 			return p.fail(err)
 		}
 		size = recordSize(rec)
+	}
+	// rec may be acknowledged and recycled as soon as it is produced: take
+	// what the tombstone needs first (a copy: the key lives in rec's buffer).
+	var tombKey []byte
+	if c.Op == event.OpDelete && p.cfg.Tombstones && rec.Key != nil && rec.Topic == topic {
+		tombKey = bytes.Clone(rec.Key)
 	}
 	p.produce(rec)
 	p.txnEvents++
@@ -132,8 +140,8 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 	if c.Commit.After(p.newest) {
 		p.newest = c.Commit
 	}
-	if c.Op == event.OpDelete && p.cfg.Tombstones && rec.Key != nil && rec.Topic == topic {
-		p.produce(event.Tombstone(topic, rec.Key))
+	if tombKey != nil {
+		p.produce(event.Tombstone(topic, tombKey))
 	}
 	if err := p.produceError(); err != nil {
 		return p.fail(classify(err))
@@ -279,15 +287,21 @@ func (p *producer) abortLocked() {
 	}
 }
 
+// produce buffers r in the open transaction. Once the broker has
+// acknowledged a record, franz-go is done with it and so is capture (the
+// source's change was encoded into it and is not read again), so its
+// storage goes back to the encoder's pool (event.Encoder.Recycle).
 func (p *producer) produce(r *kgo.Record) {
-	p.cl.Produce(p.runCtx, r, func(_ *kgo.Record, err error) {
+	p.cl.Produce(p.runCtx, r, func(r *kgo.Record, err error) {
 		if err != nil {
 			p.produceErrMu.Lock()
 			if p.produceErr == nil {
 				p.produceErr = err
 			}
 			p.produceErrMu.Unlock()
+			return
 		}
+		p.enc.Recycle(r)
 	})
 }
 

@@ -1,9 +1,11 @@
 package event
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2/event"
@@ -109,8 +111,63 @@ type Encoder struct {
 	// value). The default is binary mode: attributes in ce_ headers, the
 	// data in the value.
 	Structured bool
+	// Context, when set, makes binary-mode records recyclable: each record
+	// is produced with (a context wrapping) Context, and Recycle takes it
+	// back once Kafka is done with it. Nil: every record is new. Set it
+	// before the first Record and do not change it.
+	Context context.Context
 
-	sizeHint int // buffer size for the next record (grows to fit)
+	sizeHint int        // buffer size for the next record (grows to fit)
+	pool     *sync.Pool // of *pooledRecord, made with Context
+}
+
+// pooledRecord is a binary-mode record with its own header array and
+// buffer, reused through its encoder's pool (Encoder.Context, Recycle).
+// Its Record.Context is &ctx, which is how Recycle recognises it.
+type pooledRecord struct {
+	rec kgo.Record
+	ctx recordContext
+	hdr [14]kgo.RecordHeader
+	buf []byte
+}
+
+// recordContext is the produce context of a pooled record: the encoder's
+// Context (so cancelling that still cancels the record) plus the way back
+// to the record's storage. It is never modified after the record is
+// made: franz-go may read a record's context from its own goroutines
+// (waiting for an unknown topic, for example) after the promise ran.
+type recordContext struct {
+	context.Context
+	p    *pooledRecord
+	pool *sync.Pool
+}
+
+// Recycle returns a record made by Record to its encoder's pool. Call it
+// only once nothing references the record or its key, value or headers
+// any more: in capture, from the record's produce promise after a
+// successful produce (franz-go has then finished with it). Records that
+// did not come from a pool are ignored. Safe to call concurrently with
+// Record.
+func (e *Encoder) Recycle(r *kgo.Record) {
+	rc, ok := r.Context.(*recordContext)
+	if !ok || &rc.p.rec != r {
+		return
+	}
+	p := rc.p
+	p.rec = kgo.Record{}
+	clear(p.hdr[:])
+	rc.pool.Put(p)
+}
+
+func (e *Encoder) newPool() *sync.Pool {
+	pool := new(sync.Pool)
+	ctx := e.Context
+	pool.New = func() any {
+		p := new(pooledRecord)
+		p.ctx = recordContext{Context: ctx, p: p, pool: pool}
+		return p
+	}
+	return pool
 }
 
 // Record encodes c as a Kafka record for topic. The key is the partitionkey
@@ -133,7 +190,20 @@ func (e *Encoder) Record(topic string, c *Change) *kgo.Record {
 		return r
 	}
 	t := c.Table
-	b := make([]byte, 0, e.sizeHint)
+	var pr *pooledRecord
+	var b []byte
+	if e.Context != nil {
+		if e.pool == nil {
+			e.pool = e.newPool()
+		}
+		pr = e.pool.Get().(*pooledRecord)
+		if cap(pr.buf) >= e.sizeHint {
+			b = pr.buf[:0]
+		}
+	}
+	if b == nil {
+		b = make([]byte, 0, e.sizeHint)
+	}
 	var off [11]int // end offsets of the attribute values in b
 	b = c.AppendSubject(b)
 	off[0] = len(b)
@@ -173,8 +243,17 @@ func (e *Encoder) Record(topic string, c *Change) *kgo.Record {
 		return b[lo:off[i]:off[i]]
 	}
 	subject := at(0)
-	r := &kgo.Record{Topic: topic, Value: at(10)}
-	h := make([]kgo.RecordHeader, 0, 14)
+	var r *kgo.Record
+	var h []kgo.RecordHeader
+	if pr != nil {
+		pr.buf = b
+		r = &pr.rec
+		*r = kgo.Record{Topic: topic, Value: at(10), Context: &pr.ctx}
+		h = pr.hdr[:0]
+	} else {
+		r = &kgo.Record{Topic: topic, Value: at(10)}
+		h = make([]kgo.RecordHeader, 0, 14)
+	}
 	h = append(h,
 		kgo.RecordHeader{Key: "ce_specversion", Value: specVersion},
 		kgo.RecordHeader{Key: "ce_id", Value: at(1)},

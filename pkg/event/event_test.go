@@ -269,24 +269,21 @@ func TestTraceContextDeterministic(t *testing.T) {
 // exactly the headers AttributesOf describes, in order, and records encoded
 // one after another by the same Encoder share no bytes.
 func TestBinaryRecordMatchesAttributes(t *testing.T) {
+	t.Run("new", func(t *testing.T) { testBinaryRecords(t, false) })
+	// Pooled records: each record is recycled as soon as it is checked,
+	// so every later record reuses an earlier one's buffer and headers.
+	t.Run("recycled", func(t *testing.T) { testBinaryRecords(t, true) })
+}
+
+func testBinaryRecords(t *testing.T, recycle bool) {
 	enc := Encoder{Pipeline: "shop-sync"}
+	if recycle {
+		enc.Context = context.Background()
+	}
 	var recs []*kgo.Record
 	var wants [][]string
-	for _, c := range corpus() {
-		a := AttributesOf("shop-sync", c)
-		want := []string{"ce_specversion=1.0", "ce_id=" + a.ID, "ce_source=" + a.Source, "ce_type=" + a.Type}
-		if a.Subject != "" {
-			want = append(want, "ce_subject="+a.Subject)
-		}
-		want = append(want, "ce_time="+FormatTime(a.Time), "content-type=application/json")
-		for _, x := range a.Extensions {
-			want = append(want, "ce_"+x.Name+"="+x.Value.(string))
-		}
-		want = append(want, "key="+a.Subject, "value="+string(AppendEnvelope(nil, "shop-sync", c)))
-		recs = append(recs, enc.Record("t", c))
-		wants = append(wants, want)
-	}
-	for i, r := range recs {
+	check := func(i int, r *kgo.Record) {
+		t.Helper()
 		var got []string
 		for _, h := range r.Headers {
 			got = append(got, h.Key+"="+string(h.Value))
@@ -295,6 +292,36 @@ func TestBinaryRecordMatchesAttributes(t *testing.T) {
 		if strings.Join(got, "\n") != strings.Join(wants[i], "\n") {
 			t.Errorf("record %d:\n got %q\nwant %q", i, got, wants[i])
 		}
+	}
+	for round := 0; round < 3; round++ {
+		for _, c := range corpus() {
+			a := AttributesOf("shop-sync", c)
+			want := []string{"ce_specversion=1.0", "ce_id=" + a.ID, "ce_source=" + a.Source, "ce_type=" + a.Type}
+			if a.Subject != "" {
+				want = append(want, "ce_subject="+a.Subject)
+			}
+			want = append(want, "ce_time="+FormatTime(a.Time), "content-type=application/json")
+			for _, x := range a.Extensions {
+				want = append(want, "ce_"+x.Name+"="+x.Value.(string))
+			}
+			want = append(want, "key="+a.Subject, "value="+string(AppendEnvelope(nil, "shop-sync", c)))
+			r := enc.Record("t", c)
+			recs = append(recs, r)
+			wants = append(wants, want)
+			if recycle {
+				if _, ok := r.Context.(*recordContext); !ok {
+					t.Fatalf("a pooled record's context is %T", r.Context)
+				}
+				check(len(recs)-1, r)
+				enc.Recycle(r)
+			}
+		}
+	}
+	if recycle {
+		return
+	}
+	for i, r := range recs {
+		check(i, r)
 	}
 }
 

@@ -61,9 +61,11 @@ func Open(dir string) (*Store, error) {
 		WithSyncWrites(true).
 		WithLogger(nil).
 		// Offsets are tiny: keep Badger's memory small (its defaults assume
-		// a database, with a 256 MB block cache and 64 MB memtables).
-		WithMemTableSize(4 << 20).
-		WithValueThreshold(64 << 10).
+		// a database, with a 256 MB block cache and 64 MB memtables). A
+		// memtable holds batches of up to 15% of its size (157 KB), so
+		// larger values go to the value log (ValueThreshold).
+		WithMemTableSize(1 << 20).
+		WithValueThreshold(32 << 10).
 		WithNumMemtables(2).
 		WithBlockCacheSize(1 << 20).
 		WithIndexCacheSize(1 << 20).
