@@ -137,6 +137,13 @@ func AppendJSONString(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); {
+		// Skip eight plain ASCII bytes at a time (most text needs no escaping).
+		for i+8 <= len(s) && plain8(s, i) {
+			i += 8
+		}
+		if i >= len(s) {
+			break
+		}
 		c := s[i]
 		if c < utf8.RuneSelf {
 			if c >= 0x20 && c != '"' && c != '\\' {
@@ -179,6 +186,21 @@ func AppendJSONString(dst []byte, s string) []byte {
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+// plain8 reports whether s[i:i+8] is ASCII without control characters,
+// quotes or backslashes: bytes AppendJSONString copies as they are. (SWAR:
+// a byte below 0x20 borrows into its high bit; a byte equal to '"' or '\\'
+// becomes zero after the XOR and borrows likewise; bytes >= 0x80 have the
+// high bit set. A borrow can only flag a byte above a flagged one, so there
+// are no false negatives.)
+func plain8(s string, i int) bool {
+	const lsb, msb = 0x0101010101010101, 0x8080808080808080
+	x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+		uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+	q := x ^ (lsb * '"')
+	b := x ^ (lsb * '\\')
+	return (x|(x-lsb*0x20)|(q-lsb)|(b-lsb))&msb == 0
 }
 
 // KeyText renders a key value for subjects and document ids: the JSON form,
