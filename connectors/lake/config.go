@@ -209,7 +209,7 @@ func (c *Config) validate(pipelineDir, sourceType, sourceDSN string, bad func(ke
 	if ic := c.Iceberg; ic != nil {
 		if ic.CatalogDSN == "" {
 			bad("iceberg.catalog_dsn", "is required (postgres://... or mysql://...)")
-		} else if _, _, err := catalogDriver(ic.CatalogDSN.Reveal()); err != nil {
+		} else if _, err := catalogDriver(ic.CatalogDSN.Reveal()); err != nil {
 			bad("iceberg.catalog_dsn", "%v", err)
 		}
 		if ic.Namespace == "" {

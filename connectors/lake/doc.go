@@ -1,7 +1,8 @@
 // Package lake is the data-lake target: routed changes become Parquet files
 // (arrow-go's pqarrow) on the local filesystem or S3-compatible storage,
 // made visible by commit manifests, and optionally appended to Iceberg
-// tables through a SQL catalog (iceberg-go).
+// tables through a SQL catalog (JDBC catalog layout) by an in-tree
+// append-only Iceberg writer (iceberg*.go).
 //
 // Layout under the lake's root (docs/targets/lake.md):
 //
