@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/plumecdc/plume/connectors/lake"
 	"github.com/plumecdc/plume/pkg/config"
 	"github.com/plumecdc/plume/pkg/event"
 	"github.com/plumecdc/plume/pkg/testharness"
@@ -33,9 +34,9 @@ import (
 // limit: encoding and storing, nothing else).
 func init() { registerTargetBench("lake", (*bench).lakeTarget) }
 
-// lakeBatch is both Plume's batch (delivery.batch_max_events) and the
-// bare writer's rows per file.
-const lakeBatch = 50000
+// lakeBatch is both Plume's batch (the lake type's default
+// delivery.batch_max_events) and the bare writer's rows per file.
+const lakeBatch = lake.DefaultBatchMaxEvents
 
 func (b *bench) lakeTarget(t *tb) []*TargetResult {
 	ctx := context.Background()
@@ -93,7 +94,7 @@ targets:
     type: lake
     path: %q
     types: infer
-%s    delivery: { batch_max_events: %d, batch_max_bytes: 67108864, batch_linger: 1s }
+%s    delivery: { batch_max_events: %d, batch_linger: 1s }
 `, name, where, filepath.Join(dir, "state"), b.brokers[0], name, path, s3cfg, lakeBatch)
 		must(t, os.WriteFile(cfgFile, []byte(y), 0o600))
 		cfg, err := config.Load(cfgFile)

@@ -27,8 +27,8 @@ const (
 
 	// The lake type's delivery defaults (delivery.batch_*): one batch is one
 	// commit, so these are how files roll by size and by time.
-	DefaultBatchMaxEvents = 50_000
-	DefaultBatchMaxBytes  = 16 << 20
+	DefaultBatchMaxEvents = 10_000
+	DefaultBatchMaxBytes  = 4 << 20
 	DefaultBatchLinger    = 10 * time.Second
 )
 

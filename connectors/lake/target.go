@@ -85,8 +85,8 @@ type Target struct {
 	hookAfterManifest func() error
 }
 
-// DeliveryDefaults makes one batch, and so one commit, hold up to 50,000
-// changes or 16 MiB of records or 10 s of changes: files roll by size and
+// DeliveryDefaults makes one batch, and so one commit, hold up to 10,000
+// changes or 4 MiB of records or 10 s of changes: files roll by size and
 // by time through the delivery block (see docs/targets/lake.md).
 func (t *Target) DeliveryDefaults() target.DeliveryDefaults {
 	return target.DeliveryDefaults{BatchMaxEvents: DefaultBatchMaxEvents, BatchMaxBytes: DefaultBatchMaxBytes, BatchLinger: DefaultBatchLinger}
