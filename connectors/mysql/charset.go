@@ -22,7 +22,6 @@ import (
 // textDecoder turns raw column bytes into a UTF-8 string.
 type textDecoder func(b []byte) string
 
-func decodeUTF8(b []byte) string { return string(b) }
 
 // latin1ToUnicode is MySQL's latin1, which is Windows-1252 with the five
 // bytes that cp1252 leaves undefined mapped to the C1 controls (as MySQL's
@@ -70,12 +69,13 @@ func xtext(e encoding.Encoding) textDecoder {
 	}
 }
 
-// charsetDecoders maps MySQL/MariaDB character set names to decoders.
+// charsetDecoders maps MySQL/MariaDB character set names to decoders. A nil
+// decoder means the bytes are UTF-8 already (colType.fromBinlog).
 var charsetDecoders = map[string]textDecoder{
-	"utf8mb4":  decodeUTF8,
-	"utf8mb3":  decodeUTF8,
-	"utf8":     decodeUTF8,
-	"ascii":    decodeUTF8,
+	"utf8mb4":  nil,
+	"utf8mb3":  nil,
+	"utf8":     nil,
+	"ascii":    nil,
 	"latin1":   decodeLatin1,
 	"latin2":   xtext(charmap.ISO8859_2),
 	"latin5":   xtext(charmap.ISO8859_9),

@@ -6,6 +6,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/plumecdc/plume/pkg/event"
@@ -401,11 +402,21 @@ func (ct *colType) fromBinlog(raw any) (event.Value, error) {
 			return normTime(x, ct.fsp), nil
 		}
 	case kText:
-		if b, ok := bytesOf(raw); ok {
-			if ct.decode != nil {
-				return ct.decode(b), nil
+		if ct.decode == nil {
+			// UTF-8 text is used without a copy: it aliases the binlog
+			// packet, which go-mysql reads into a fresh buffer per packet
+			// and never reuses (packet.Conn.ReadPacket), and over which it
+			// returns VARCHAR values as strings itself. So the bytes never
+			// change while the change event holds them.
+			switch x := raw.(type) {
+			case string:
+				return x, nil
+			case []byte:
+				return unsafe.String(unsafe.SliceData(x), len(x)), nil
 			}
-			return string(b), nil
+		}
+		if b, ok := bytesOf(raw); ok {
+			return ct.decode(b), nil
 		}
 	case kBinary:
 		if b, ok := bytesOf(raw); ok {
