@@ -200,9 +200,10 @@ targets:
 		return p
 	}
 	proc := start()
-	// Changes made before the snapshot is committed are folded into it (a
-	// capture restarted before its first checkpoint snapshots again): write
-	// once the lake holds the snapshot, so that every statement is one change.
+	// Changes made before capture fixes its first position are folded into
+	// the snapshot by design (the snapshot reads them): write once the lake
+	// holds the snapshot, so that every statement is exactly one change.
+	// (A kill before the first data commit is TestCaptureKilledBeforeFirstDataCommit.)
 	root := filepath.Join(s3.Data, bucket, "lake")
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		if _, n := lakeCommitted(t, root); n >= lakeSnapshotRows {

@@ -106,7 +106,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log.Info("pipeline running", "pipeline", cfg.Name, "stage", st, "source", cfg.Source.Type, "dsn", cfg.Source.DSN, "targets", cfg.TargetNames())
+	log.Info("pipeline running", "stage", st, "source", cfg.Source.Type, "dsn", cfg.Source.DSN, "targets", cfg.TargetNames())
 	if err := p.Run(ctx); err != nil {
 		if errors.Is(err, capture.ErrFenced) {
 			log.Error("another instance of this pipeline took over; stopping", "err", err)

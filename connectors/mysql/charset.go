@@ -22,7 +22,6 @@ import (
 // textDecoder turns raw column bytes into a UTF-8 string.
 type textDecoder func(b []byte) string
 
-
 // latin1ToUnicode is MySQL's latin1, which is Windows-1252 with the five
 // bytes that cp1252 leaves undefined mapped to the C1 controls (as MySQL's
 // own conversion table does), so every byte decodes.

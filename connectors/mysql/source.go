@@ -56,7 +56,7 @@ func New(cfg Config, log *slog.Logger) (*Source, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	log = log.With("pipeline", cfg.Pipeline, "connector", connectorName)
+	log = log.With("connector", connectorName) // the caller's logger names the pipeline
 	s := &Source{
 		cfg: cfg, dsn: d, log: log, filter: newTableFilter(cfg.Tables),
 		connectAttempts: 5, retryBackoff: time.Second,
@@ -125,9 +125,26 @@ func (s *Source) Run(ctx context.Context, from []byte, em capture.Emitter) error
 	}
 	defer st.close()
 	if first {
-		// Make the start position durable before anything else, so changes
-		// made from now on are captured even if this run dies early.
-		if err := em.Commit(ctx, st.checkpoint()); err != nil {
+		// Invariant: a first start's position P0 (and the snapshot it
+		// schedules) is committed in Kafka before the binlog is read, so
+		// every change after P0 reaches Kafka as a change event even if this
+		// run dies before its next commit; a restart then finds the
+		// checkpoint, streams from P0 and resumes the snapshot (same id)
+		// instead of starting afresh at a later position.
+		//
+		// Why Sync and not Commit: Commit only ends a source transaction,
+		// and the Kafka transaction holding it would also hold the first
+		// changes and snapshot rows. Their topics are created on first use,
+		// and a new topic's first produce can fail with
+		// NOT_LEADER_FOR_PARTITION; the client retries only after its next
+		// metadata refresh (kgo MetadataMinAge, 5s), so that transaction
+		// - and with it P0 - could stay uncommitted for seconds. A SIGKILL
+		// then made the restart a first start again: a second snapshot with
+		// the changes in between folded into it or, without a snapshot,
+		// those changes lost. Sync commits P0 alone, in a transaction that
+		// touches only the checkpoint partition the fence was just written
+		// to.
+		if err := capture.Sync(ctx, em, st.checkpoint()); err != nil {
 			return err
 		}
 	}

@@ -172,6 +172,11 @@ func Run(ctx context.Context, cfg Config, src Source, mirror Mirror, stats *Stat
 		// load batches fill while the 5 requests in flight are busy, so a
 		// short linger only adds latency at moderate rates.
 		kgo.ProducerLinger(2*time.Millisecond),
+		// The first produce to a topic created a moment ago can be answered
+		// NOT_LEADER_FOR_PARTITION; franz-go retries after its next metadata
+		// refresh, which it spaces at least MetadataMinAge apart (5 s by
+		// default): capture would stall that long on every new table.
+		kgo.MetadataMinAge(250*time.Millisecond),
 	)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {

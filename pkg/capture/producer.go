@@ -149,7 +149,15 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 	return nil
 }
 
-func (p *producer) Commit(ctx context.Context, cp []byte) error {
+func (p *producer) Commit(ctx context.Context, cp []byte) error { return p.endSourceTxn(ctx, cp, false) }
+
+// Sync implements Syncer (sync.go).
+func (p *producer) Sync(ctx context.Context, cp []byte) error { return p.endSourceTxn(ctx, cp, true) }
+
+// endSourceTxn closes a source transaction with its checkpoint cp, and
+// commits the Kafka transaction now if asked to or if it is full or old
+// enough.
+func (p *producer) endSourceTxn(ctx context.Context, cp []byte, now bool) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.err != nil {
@@ -160,7 +168,7 @@ func (p *producer) Commit(ctx context.Context, cp []byte) error {
 	}
 	p.inSourceTxn = false
 	p.pending = cp
-	if p.txnEvents >= p.cfg.BatchMaxEvents || time.Since(p.txnStart) >= p.cfg.BatchLinger {
+	if now || p.txnEvents >= p.cfg.BatchMaxEvents || time.Since(p.txnStart) >= p.cfg.BatchLinger {
 		if err := p.commitLocked(ctx); err != nil {
 			return p.fail(err)
 		}
