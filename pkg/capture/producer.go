@@ -149,7 +149,9 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 	return nil
 }
 
-func (p *producer) Commit(ctx context.Context, cp []byte) error { return p.endSourceTxn(ctx, cp, false) }
+func (p *producer) Commit(ctx context.Context, cp []byte) error {
+	return p.endSourceTxn(ctx, cp, false)
+}
 
 // Sync implements Syncer (sync.go).
 func (p *producer) Sync(ctx context.Context, cp []byte) error { return p.endSourceTxn(ctx, cp, true) }
