@@ -23,6 +23,9 @@ deps:
 
 test: deps lint
 	CI=$${CI:-true} $(GO) test $(TESTFLAGS) ./...
+	# Capture recycles Kafka records across goroutines: its packages run
+	# again under the race detector.
+	CI=$${CI:-true} $(GO) test -race -count=1 ./pkg/event/ ./pkg/capture/
 
 # Unit tests only: skips suites that need servers.
 test-unit:
