@@ -83,14 +83,16 @@ type snapState struct {
 type snapTable struct {
 	Table string   `json:"table"` // schema.table
 	Key   []string `json:"key,omitempty"`
-	// Kinds gives each key column's comparison kind: "int" (numeric order),
-	// "text" (byte order, COLLATE "C") or "uuid" (byte order of the
-	// canonical text). A table without a chunkable key has no Key and one
-	// chunk.
+	// Kinds gives each key column's comparison kind (keys.go): "int",
+	// "oid", "bool", "text" (byte order, COLLATE "C"), "uuid", "bytea",
+	// "numeric", "date", "timestamp" or "timestamptz". A table without a
+	// chunkable key has no Key and one chunk.
 	Kinds []string `json:"kinds,omitempty"`
 	// Bounds are the ascending inclusive upper bounds of chunks 0..n-2, each
-	// the key's text form; chunk i holds keys in (Bounds[i-1], Bounds[i]],
-	// the last chunk is unbounded above.
+	// the key's canonical text form (keys.go: the value's text; hex for
+	// bytea; PostgreSQL's day or microsecond number since 2000-01-01, or
+	// "infinity"/"-infinity", for dates and timestamps); chunk i holds keys
+	// in (Bounds[i-1], Bounds[i]], the last chunk is unbounded above.
 	Bounds [][]string `json:"bounds,omitempty"`
 	// Read[i] is 0 while chunk i is unread, else k: it was read in the
 	// snapshot taken at Points[k-1].

@@ -622,8 +622,15 @@ func (st *streamer) update(ctx context.Context, m *pglogrepl.UpdateMessage) erro
 			}
 		}
 		switch {
-		case keepNew:
+		case keepNew && keepOld:
 			return st.emitUpdate(ctx, r, m.RelationID, i, ti, before, after)
+		case keepNew:
+			// The key changed; the new key's chunk was read before this
+			// change, the old key's chunk after it (it holds neither the
+			// old row nor a delete, but whatever that key holds later):
+			// only the new key's row is news. A delete of the old key
+			// here would remove a row its chunk emitted.
+			return st.emit(ctx, event.OpCreate, r, i, ti, nil, after)
 		case keepOld:
 			// The new key's chunk was read after this change (it holds the
 			// new row) but the old key's chunk before it (it holds the old

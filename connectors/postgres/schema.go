@@ -216,8 +216,8 @@ type tableMeta struct {
 	cols  []column
 	decs  []decoder
 	// chunkKey are the key column indices when the key can be chunked
-	// (every column of a kind Go orders like PostgreSQL, and NOT NULL);
-	// nil otherwise. kinds holds their comparison kinds.
+	// (every column of a kind Go orders like PostgreSQL, keys.go, and NOT
+	// NULL); nil otherwise. kinds holds their comparison kinds.
 	chunkKey []int
 	kinds    []string
 }
@@ -255,11 +255,9 @@ func loadTableMeta(ctx context.Context, q querier, reg *typeRegistry, db string,
 		kinds := make([]string, len(t.Key))
 		ok := true
 		for i, k := range t.Key {
-			pt, err := reg.resolve(ctx, q, cols[k].typOID)
-			if err != nil {
+			if kinds[i], err = keyKind(ctx, q, reg, cols[k].typOID); err != nil {
 				return nil, err
 			}
-			kinds[i] = keyKindOf(pt.base)
 			if kinds[i] == "" || !cols[k].notNull {
 				ok = false
 			}
@@ -269,6 +267,43 @@ func loadTableMeta(ctx context.Context, q querier, reg *typeRegistry, db string,
 		}
 	}
 	return m, nil
+}
+
+// keyKind returns the comparison kind (keys.go) of a key column of type
+// oid, or "" when keys of that type are not chunked.
+func keyKind(ctx context.Context, q querier, reg *typeRegistry, oid uint32) (string, error) {
+	pt, err := reg.resolve(ctx, q, oid)
+	if err != nil {
+		return "", err
+	}
+	base := pt.base
+	if base == oidText && pt.oid != oidText && pt.oid != oidVarchar {
+		// Enums (and domains over them) decode as text but sort in label
+		// order and take no COLLATE: only a true text domain is a text key.
+		if base, err = catalogBaseType(ctx, q, pt.oid); err != nil {
+			return "", err
+		}
+	}
+	return keyKindOf(base), nil
+}
+
+// catalogBaseType follows a type's domains down to the type they are
+// domains over (the type itself when it is no domain).
+func catalogBaseType(ctx context.Context, q querier, oid uint32) (uint32, error) {
+	var base uint32
+	err := q.QueryRow(ctx, `WITH RECURSIVE d(oid, typtype, typbasetype, depth) AS (
+			SELECT oid, typtype, typbasetype, 0 FROM pg_catalog.pg_type WHERE oid = $1
+			UNION ALL
+			SELECT t.oid, t.typtype, t.typbasetype, d.depth + 1 FROM pg_catalog.pg_type t JOIN d ON t.oid = d.typbasetype
+			WHERE d.typtype = 'd' AND d.depth < 20)
+		SELECT oid FROM d WHERE typtype <> 'd'`, oid).Scan(&base)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil // dropped meanwhile: not chunkable
+	}
+	if err != nil {
+		return 0, fmt.Errorf("postgres: looking up the base type of type %d: %w", oid, err)
+	}
+	return base, nil
 }
 
 // ensurePublication creates the publication for exactly rels if it does not

@@ -327,7 +327,7 @@ func (s *Source) chunkTable(ctx context.Context, conn *pgx.Conn, tm *tableMeta) 
 	outs := make([]string, len(tm.chunkKey))
 	for i, k := range tm.chunkKey {
 		cols[i] = pgx.Identifier{tm.table.Columns[k].Name}.Sanitize()
-		outs[i] = fmt.Sprintf("k%d::text", i)
+		outs[i] = boundExpr(tm.kinds[i], fmt.Sprintf("k%d", i))
 		cols[i] += fmt.Sprintf(" AS k%d", i)
 	}
 	sql := fmt.Sprintf(`SELECT %s FROM (SELECT %s, row_number() OVER (ORDER BY %s) AS rn FROM %s) s WHERE rn %% %d = 0 ORDER BY rn`,
@@ -370,29 +370,21 @@ func chunkQuery(tm *tableMeta, t *snapTable, c int) (string, []any) {
 		return sql, args
 	}
 	row := "ROW(" + strings.Join(keyExprs(tm), ", ") + ")"
-	param := func(b []string) string {
-		ps := make([]string, len(b))
-		for i, v := range b {
-			args = append(args, v)
-			p := "$" + strconv.Itoa(len(args)-1) + "::text"
-			switch t.Kinds[i] {
-			case kindInt:
-				p += "::int8"
-			case kindUUID:
-				p += "::uuid"
-			case kindText:
-				p += ` COLLATE "C"`
-			}
-			ps[i] = p
+	// Parameters are text, cast per kind (keys.go: paramExpr, paramText).
+	param := func(b int) string {
+		ps := make([]string, len(t.Bounds[b]))
+		for i, v := range t.Bounds[b] {
+			args = append(args, paramText(t.Kinds[i], v, t.bounds[b][i]))
+			ps[i] = paramExpr(t.Kinds[i], "$"+strconv.Itoa(len(args)-1))
 		}
 		return "ROW(" + strings.Join(ps, ", ") + ")"
 	}
 	var conds []string
 	if c > 0 {
-		conds = append(conds, row+" > "+param(t.Bounds[c-1]))
+		conds = append(conds, row+" > "+param(c-1))
 	}
 	if c < len(t.Bounds) {
-		conds = append(conds, row+" <= "+param(t.Bounds[c]))
+		conds = append(conds, row+" <= "+param(c))
 	}
 	if len(conds) > 0 {
 		sql += " WHERE " + strings.Join(conds, " AND ")
