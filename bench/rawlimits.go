@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/plumecdc/plume/pkg/config"
 	"github.com/plumecdc/plume/pkg/testharness"
 )
 
@@ -182,7 +183,7 @@ func mysqlRawRead(ctx context.Context, m *testharness.MySQL, pos mysql.Position,
 
 // rawProduce writes n records cycling through sample (Plume's own records:
 // same keys, headers, values, sizes), with the capture stage's producer
-// settings: zstd, acks=all, idempotent and transactional, 10,000 records
+// settings: zstd, acks=all, idempotent and transactional, 5,000 records
 // and one checkpoint record per transaction, 64 MiB buffered.
 func rawProduce(ctx context.Context, brokers []string, a *admin, name string, sample []*kgo.Record, n int64, timeout time.Duration) RawResult {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -207,7 +208,7 @@ func rawProduce(ctx context.Context, brokers []string, a *admin, name string, sa
 			perr = err
 		}
 	}
-	const perTxn = 10000
+	const perTxn = config.DefaultBatchMaxEvents
 	var bytes int64
 	start := time.Now()
 	for sent := int64(0); sent < n; {

@@ -296,7 +296,7 @@ func (r *Results) markdown() string {
 				d.CPUUsPerEvt, d.PeakRSSMB, num(d.InProcEvtSec), d.GCShare*100, num(d.AllocPerEvt), num(d.Reader.EventsSec), errMark(d.Reader.Err), num(d.Producer.EventsSec), errMark(d.Producer.Err), d.Ratio*100, d.Load.Start, d.Load.End)
 		}
 		p("")
-		p("Events/s is events over the time from starting the plume process to the last event committed (start-up included). MB/s counts record bytes (key, value, headers; before compression). Bare reader: go-mysql BinlogSyncer (rows decoded) or pglogrepl (pgoutput messages) reading the same backlog and discarding it; bare producer: franz-go writing Plume's own records (cycled sample of 10,000) with the capture settings (zstd, acks=all, transactional, 10,000 records per transaction). The limit is the slower of the two.")
+		p("Events/s is events over the time from starting the plume process to the last event committed (start-up included). MB/s counts record bytes (key, value, headers; before compression). Bare reader: go-mysql BinlogSyncer (rows decoded) or pglogrepl (pgoutput messages) reading the same backlog and discarding it; bare producer: franz-go writing Plume's own records (cycled sample of 10,000) with the capture settings (zstd, acks=all, transactional, 5,000 records per transaction, as capture by default). The limit is the slower of the two.")
 	}
 	if len(r.Latency) > 0 {
 		p("")

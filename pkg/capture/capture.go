@@ -80,7 +80,7 @@ type TxnTracer interface {
 
 func (c *Config) defaults() {
 	if c.BatchMaxEvents <= 0 {
-		c.BatchMaxEvents = 10000
+		c.BatchMaxEvents = 5000
 	}
 	if c.BatchLinger <= 0 {
 		c.BatchLinger = 50 * time.Millisecond

@@ -43,7 +43,7 @@ func TestDefaults(t *testing.T) {
 		{"Kafka.Mode", p.Kafka.Mode, ModeBinary},
 		{"Kafka.Tombstones", p.Kafka.Tombstones, true},
 		{"Kafka.Compression", p.Kafka.Compression, "zstd"},
-		{"Kafka.BatchMaxEvents", p.Kafka.BatchMaxEvents, 10000},
+		{"Kafka.BatchMaxEvents", p.Kafka.BatchMaxEvents, 5000},
 		{"Kafka.BatchLinger", p.Kafka.BatchLinger.Duration, 50 * time.Millisecond},
 		{"Kafka.MaxBufferedBytes", p.Kafka.MaxBufferedBytes, int64(16777216)},
 		{"Kafka.MaxMessageBytes", p.Kafka.MaxMessageBytes, 1048576},

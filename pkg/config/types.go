@@ -50,7 +50,7 @@ const (
 	DefaultMode              = ModeBinary
 	DefaultTombstones        = true
 	DefaultCompression       = "zstd"
-	DefaultBatchMaxEvents    = 10000
+	DefaultBatchMaxEvents    = 5000
 	DefaultBatchLinger       = 50 * time.Millisecond
 	DefaultMaxBufferedBytes  = 16 << 20
 	DefaultMaxMessageBytes   = 1 << 20
