@@ -350,7 +350,14 @@ func (st *streamer) handle(ctx context.Context, data []byte) error {
 	if len(data) == 0 {
 		return nil
 	}
-	msg, err := pglogrepl.Parse(data)
+	var msg pglogrepl.Message
+	var err error
+	switch data[0] {
+	case 'I', 'U', 'D':
+		msg, err = parseRowMessage(data)
+	default:
+		msg, err = pglogrepl.Parse(data)
+	}
 	if err != nil {
 		return fmt.Errorf("postgres: decoding pgoutput message %q: %w", data[0], err)
 	}
@@ -449,7 +456,11 @@ func (st *streamer) relation(ctx context.Context, m *pglogrepl.RelationMessage) 
 		if err != nil {
 			return err
 		}
-		r.decs = append(r.decs, pt.dec)
+		dec := pt.dec
+		if isDecodeString(dec) {
+			dec = aliasString
+		}
+		r.decs = append(r.decs, dec)
 		tn, err := st.typeName(ctx, c.DataType, c.TypeModifier)
 		if err != nil {
 			return err
