@@ -60,7 +60,7 @@ var snapshotNameRE = regexp.MustCompile(`^[0-9A-Za-z-]+$`)
 
 // maxBufferedRows bounds the rows a worker holds for one chunk before it
 // streams the rest through.
-const maxBufferedRows = 20000
+const maxBufferedRows = 500
 
 // tempSnapshot creates a temporary slot to export a fresh snapshot.
 func (s *Source) tempSnapshot(ctx context.Context) (*exportedSnapshot, error) {
