@@ -30,7 +30,7 @@ func TestDefaults(t *testing.T) {
 		{"Log.Format", p.Log.Format, "text"},
 		{"Source.Snapshot", p.Source.Snapshot, SnapshotInitial},
 		{"Source.SnapshotWorkers", p.Source.SnapshotWorkers, 2},
-		{"Source.SnapshotChunkSize", p.Source.SnapshotChunkSize, 5000},
+		{"Source.SnapshotChunkSize", p.Source.SnapshotChunkSize, 10000},
 		{"Source.HeartbeatInterval", p.Source.HeartbeatInterval.Duration, 10 * time.Second},
 		{"Source.ServerID", p.Source.ServerID, DeriveServerID("shop")},
 		{"Source.Slot", p.Source.Slot, ""},

@@ -42,7 +42,7 @@ const (
 	DefaultLogFormat         = "text"
 	DefaultSnapshot          = SnapshotInitial
 	DefaultSnapshotWorkers   = 2
-	DefaultSnapshotChunkSize = 5000
+	DefaultSnapshotChunkSize = 10000
 	DefaultHeartbeatInterval = 10 * time.Second
 	DefaultEmbeddedListen    = "127.0.0.1:9092"
 	DefaultPartitions        = 1
