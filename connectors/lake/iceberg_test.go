@@ -216,18 +216,25 @@ func TestIcebergTableLoadsInIcebergGo(t *testing.T) {
 	}
 }
 
+// icebergItemsLake is a local lake with Iceberg on, for a PostgreSQL
+// source table public.items (id, name) and a catalog database of its own.
+func icebergItemsLake(t *testing.T) (pg *testharness.PG, src, catDB, root string, s *settings) {
+	pg = testharness.Postgres(t)
+	src = pg.NewDatabase(t)
+	pg.Exec(t, src, `CREATE TABLE public.items (id bigint PRIMARY KEY, name text)`)
+	catDB = pg.NewDatabase(t)
+	root = t.TempDir()
+	s = localSettings(t, root, pg.DSN(src), func(c *Config) {
+		c.Iceberg = &IcebergConfig{CatalogDSN: config.DSN(pg.DSN(catDB))}
+	})
+	return pg, src, catDB, root, s
+}
+
 // Two columns added at the source, in two commits: the Iceberg schema
 // evolves twice with fresh field ids, and iceberg-go reads every row, with
 // nulls where older files lack a column.
 func TestIcebergTwoSchemaEvolutions(t *testing.T) {
-	pg := testharness.Postgres(t)
-	src := pg.NewDatabase(t)
-	pg.Exec(t, src, `CREATE TABLE public.items (id bigint PRIMARY KEY, name text)`)
-	catDB := pg.NewDatabase(t)
-	root := t.TempDir()
-	s := localSettings(t, root, pg.DSN(src), func(c *Config) {
-		c.Iceberg = &IcebergConfig{CatalogDSN: config.DSN(pg.DSN(catDB))}
-	})
+	pg, src, catDB, _, s := icebergItemsLake(t)
 	ctx := context.Background()
 	tg, _ := openLake(t, s)
 	if err := tg.Apply(ctx, batch(0, map[string]any{"id": int64(1), "name": "a"}, map[string]any{"id": int64(2), "name": "b"})); err != nil {
@@ -275,14 +282,7 @@ func TestIcebergTwoSchemaEvolutions(t *testing.T) {
 // by a second Plume that appends the same lake commit (the retry must see
 // it there and not append it again).
 func TestIcebergConcurrentCommit(t *testing.T) {
-	pg := testharness.Postgres(t)
-	src := pg.NewDatabase(t)
-	pg.Exec(t, src, `CREATE TABLE public.items (id bigint PRIMARY KEY, name text)`)
-	catDB := pg.NewDatabase(t)
-	root := t.TempDir()
-	s := localSettings(t, root, pg.DSN(src), func(c *Config) {
-		c.Iceberg = &IcebergConfig{CatalogDSN: config.DSN(pg.DSN(catDB))}
-	})
+	pg, _, catDB, root, s := icebergItemsLake(t)
 	ctx := context.Background()
 	row := func(id int64) map[string]any { return map[string]any{"id": id, "name": fmt.Sprint("n", id)} }
 	tg, _ := openLake(t, s)

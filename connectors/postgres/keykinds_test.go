@@ -284,13 +284,7 @@ func startMixedWriter(t testing.TB, pg *testharness.PG, db string, maxOps int, s
 	go func() {
 		defer close(w.done)
 		ctx := context.Background()
-		x := uint64(seed)*2654435761 + 1
-		rnd := func(n int) int {
-			x ^= x << 13
-			x ^= x >> 7
-			x ^= x << 17
-			return int(x % uint64(n))
-		}
+		rnd := xorshift(seed)
 		key := func() string { return strconv.Itoa(rnd(6000) + 1) }
 		binK := func() string { return strconv.Itoa(rnd(1500) + 1) }
 		for w.ops < maxOps {
@@ -529,23 +523,7 @@ func TestSnapshotMixedKeysResumeAfterKill(t *testing.T) {
 		return done
 	})
 	time.Sleep(300 * time.Millisecond)
-	w.finish(t)
-	pg.Exec(t, db, `INSERT INTO marker VALUES (1)`)
-	waitFor(t, 60*time.Second, "marker", func() bool {
-		if p.Exited() {
-			t.Fatalf("child exited: %s", p.Output())
-		}
-		lines, _ := readFileLines(out)
-		for _, e := range fileEvents(lines) {
-			if e.Table == "public.marker" {
-				return true
-			}
-		}
-		return false
-	})
-	if err := p.Stop(); err != nil {
-		t.Errorf("child stop: %v\n%s", err, p.Output())
-	}
+	finishAtMarker(t, pg, db, w, p, out)
 	lines, _ = readFileLines(out)
 	evs := fileEvents(lines)
 	var points []string

@@ -322,13 +322,7 @@ func startWriter(t testing.TB, pg *testharness.PG, db string, maxOps int, seed i
 	go func() {
 		defer close(w.done)
 		ctx := context.Background()
-		x := uint64(seed)*2654435761 + 1
-		rnd := func(n int) int {
-			x ^= x << 13
-			x ^= x >> 7
-			x ^= x << 17
-			return int(x % uint64(n))
-		}
+		rnd := xorshift(seed)
 		for w.ops < maxOps {
 			select {
 			case <-w.stop:
@@ -387,3 +381,15 @@ func createSnapshotTables(t testing.TB, pg *testharness.PG, db string) {
 }
 
 var snapshotTables = map[string][]string{"public.ints": {"id"}, "public.texts": {"k"}}
+
+// xorshift returns a small deterministic generator of ints in [0, n) for
+// the test writers (reproducible from seed).
+func xorshift(seed int64) func(n int) int {
+	x := uint64(seed)*2654435761 + 1
+	return func(n int) int {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		return int(x % uint64(n))
+	}
+}

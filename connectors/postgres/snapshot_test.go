@@ -260,23 +260,7 @@ func TestSnapshotResumeAfterKill(t *testing.T) {
 		return err == nil && (cp.Snap == nil || cp.Snap.Done)
 	})
 	time.Sleep(300 * time.Millisecond)
-	w.finish(t)
-	pg.Exec(t, db, `INSERT INTO marker VALUES (1)`)
-	waitFor(t, 60*time.Second, "marker", func() bool {
-		if p2.Exited() {
-			t.Fatalf("child exited: %s", p2.Output())
-		}
-		lines, _ := readFileLines(out)
-		for _, e := range fileEvents(lines) {
-			if e.Table == "public.marker" {
-				return true
-			}
-		}
-		return false
-	})
-	if err := p2.Stop(); err != nil {
-		t.Errorf("child stop: %v\n%s", err, p2.Output())
-	}
+	finishAtMarker(t, pg, db, w, p2, out)
 	lines, _ := readFileLines(out)
 	evs := fileEvents(lines)
 	t.Logf("writer ran %d ops; %d events in %d commits; killed after %d commits", w.ops, len(evs), len(lines), len(linesAtKill))
@@ -379,5 +363,29 @@ func TestResnapshotWhileStreaming(t *testing.T) {
 	compareState(t, st, dbState(t, pg, db, snapshotTables))
 	if err := r2.stop(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// finishAtMarker stops the writer, writes a row into table marker, waits
+// until the child capture process has written the marker's event to out
+// (so every change of the writer is there), and stops the child.
+func finishAtMarker(t *testing.T, pg *testharness.PG, db string, w *writer, p *testharness.Proc, out string) {
+	t.Helper()
+	w.finish(t)
+	pg.Exec(t, db, `INSERT INTO marker VALUES (1)`)
+	waitFor(t, 60*time.Second, "marker", func() bool {
+		if p.Exited() {
+			t.Fatalf("child exited: %s", p.Output())
+		}
+		lines, _ := readFileLines(out)
+		for _, e := range fileEvents(lines) {
+			if e.Table == "public.marker" {
+				return true
+			}
+		}
+		return false
+	})
+	if err := p.Stop(); err != nil {
+		t.Errorf("child stop: %v\n%s", err, p.Output())
 	}
 }

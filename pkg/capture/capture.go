@@ -204,6 +204,8 @@ func Run(ctx context.Context, cfg Config, src Source, mirror Mirror, stats *Stat
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	p.cancel, p.runCtx = cancel, runCtx
+	// Binary-mode records are recycled once acknowledged (producer.produce).
+	p.enc = event.Encoder{Pipeline: cfg.Pipeline, Structured: cfg.Structured, Context: runCtx}
 	lingerDone := make(chan struct{})
 	go func() { defer close(lingerDone); p.lingerLoop(runCtx) }()
 

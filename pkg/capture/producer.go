@@ -106,8 +106,6 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 		}
 		p.topics[topic] = true
 	}
-	// Binary-mode records are recycled once acknowledged (produce).
-	p.enc.Pipeline, p.enc.Structured, p.enc.Context = p.cfg.Pipeline, p.cfg.Structured, p.runCtx
 	if p.cfg.TraceParent && c.TraceParent == "" {
 		p.traceFor(c)
 		c.TraceParent = p.traceStr
