@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -343,6 +344,72 @@ func TestSecondInstanceFencesFirst(t *testing.T) {
 	cancel()
 	<-second
 	verify(t, c.ListenAddrs(), src2)
+}
+
+// TestFencedMidTransactionIsFenced pins the fencing answer that
+// TestSecondInstanceFencesFirst only meets now and then: another instance's
+// InitProducerId arrives between the first instance's flush and its EndTxn,
+// aborts the open transaction and bumps the epoch by one, so the
+// coordinator (kfake here; Apache Kafka's with transaction protocol v2 too)
+// answers that EndTxn with INVALID_TXN_STATE rather than PRODUCER_FENCED.
+// It must be ErrFenced and not retryable: a retry would re-fence and take
+// the pipeline back from the newer instance.
+func TestFencedMidTransactionIsFenced(t *testing.T) {
+	c := testharness.Kfake(t, kfake.NumBrokers(1))
+	cfg := testConfig(c.ListenAddrs())
+	src := newSynth(200)
+	var armed, triggered atomic.Bool
+	arrived, fenced := make(chan struct{}), make(chan struct{})
+	c.ControlKey(int16(kmsg.EndTxn), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if req := kreq.(*kmsg.EndTxnRequest); req.Commit && armed.Load() && triggered.CompareAndSwap(false, true) {
+			close(arrived)
+			c.SleepControl(func() { <-fenced }) // the fencing InitProducerId is served meanwhile
+		}
+		return nil, nil, false
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg, &slowSource{synthSource: src}, nil, nil, quiet) }()
+	for deadline := time.Now().Add(30 * time.Second); src.acked.Load() < 5; {
+		if time.Now().After(deadline) {
+			t.Fatal("capture did not commit 5 transactions")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	armed.Store(true)
+	select {
+	case <-arrived:
+	case err := <-done:
+		t.Fatalf("capture stopped early: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("no commit reached the broker")
+	}
+	fencer, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.TransactionalID(cfg.TransactionalID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fencer.Close()
+	fctx, fcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer fcancel()
+	_, _, err = fencer.ProducerID(fctx) // InitProducerId: aborts the open transaction, epoch + 1
+	close(fenced)
+	if err != nil {
+		t.Fatalf("fencing client: %v", err)
+	}
+	select {
+	case err := <-done:
+		if !strings.Contains(fmt.Sprint(err), "INVALID_TXN_STATE") {
+			t.Fatalf("capture: %v; this test wants the coordinator's INVALID_TXN_STATE answer", err)
+		}
+		if !errors.Is(err, ErrFenced) || Retryable(err) {
+			t.Fatalf("capture: %v (retryable %v), want ErrFenced", err, Retryable(err))
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("fenced capture did not stop")
+	}
+	verify(t, c.ListenAddrs(), &synthSource{txns: int(src.acked.Load()) + 1, tables: src.tables})
 }
 
 // slowSource paces the synthetic source so the second instance starts

@@ -3,12 +3,14 @@ package capture
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/plumecdc/plume/pkg/event"
@@ -87,7 +89,7 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 		return p.fail(err)
 	}
 	if err := p.produceError(); err != nil {
-		return p.fail(classify(err))
+		return p.fail(p.classifyTxn(err))
 	}
 	p.inSourceTxn = true
 	// The topic depends on the table and the op only (config.Kafka.Topic's
@@ -142,7 +144,7 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 		p.produce(event.Tombstone(topic, tombKey))
 	}
 	if err := p.produceError(); err != nil {
-		return p.fail(classify(err))
+		return p.fail(p.classifyTxn(err))
 	}
 	return nil
 }
@@ -198,6 +200,34 @@ func (p *producer) lingerLoop(ctx context.Context) {
 	}
 }
 
+// classifyTxn is classify for a failure inside the open Kafka transaction.
+//
+// The coordinator answers INVALID_TXN_STATE when the transaction this
+// producer is producing into or ending is no longer the one it holds for the
+// transactional id: it was aborted under us. Only two things abort it: the
+// coordinator's transaction timeout, or another instance's InitProducerId
+// for the same transactional id (fencing). Kafka 4's coordinator
+// (transaction protocol v2) and kfake give a fenced producer's EndTxn this
+// answer instead of PRODUCER_FENCED when the fencing bumped the epoch by
+// exactly one.
+//
+// The coordinator starts its timeout clock no earlier than our
+// BeginTransaction (at the first AddPartitions or produce), so a
+// transaction that has been open locally for less than TransactionTimeout
+// cannot have timed out: another instance fenced us. That error must be
+// ErrFenced, not retryable: a restart would re-fence and take the pipeline
+// back from the newer instance. An older transaction may have timed out;
+// then a restart from the committed checkpoint is the recovery, and should
+// another instance exist after all, its own next failure is within its
+// timeout and it stops, so two instances still settle on one.
+func (p *producer) classifyTxn(err error) error {
+	if errors.Is(err, kerr.InvalidTxnState) && time.Since(p.txnStart) < p.cfg.TransactionTimeout {
+		return fmt.Errorf("%w: %v (the transaction was aborted by the coordinator %s after it began, before the transaction timeout: another instance initialised the transactional id)",
+			ErrFenced, err, time.Since(p.txnStart).Round(time.Millisecond))
+	}
+	return classify(err)
+}
+
 func (p *producer) beginLocked() error {
 	if p.inTxn {
 		return nil
@@ -218,18 +248,18 @@ func (p *producer) commitLocked(ctx context.Context) error {
 	p.produce(&kgo.Record{Topic: p.cfg.CheckpointTopic, Partition: 0, Key: checkpointKey, Value: cp})
 	if err := p.cl.Flush(p.runCtx); err != nil {
 		p.abortLocked()
-		return classify(fmt.Errorf("flush: %w", err))
+		return p.classifyTxn(fmt.Errorf("flush: %w", err))
 	}
 	if err := p.produceError(); err != nil {
 		p.abortLocked()
-		return classify(fmt.Errorf("produce: %w", err))
+		return p.classifyTxn(fmt.Errorf("produce: %w", err))
 	}
 	// Do not let ctx cancel the commit request: its outcome would be unknown.
 	endCtx, c := context.WithTimeout(context.WithoutCancel(ctx), 60*time.Second)
 	defer c()
 	if err := p.cl.EndTransaction(endCtx, kgo.TryCommit); err != nil {
 		p.abortLocked()
-		return classify(fmt.Errorf("commit Kafka transaction: %w", err))
+		return p.classifyTxn(fmt.Errorf("commit Kafka transaction: %w", err))
 	}
 	p.stats.Transactions.Add(1)
 	p.stats.Events.Add(int64(p.txnEvents))
