@@ -200,7 +200,8 @@ func Run(ctx context.Context, cfg Config, src Source, mirror Mirror, stats *Stat
 	}
 
 	p := &producer{cfg: cfg, cl: cl, adm: adm, src: src, mirror: mirror, stats: stats, log: log,
-		topics: map[string]bool{}}
+		topics: map[string]bool{}, stageLimit: int(cfg.MaxBufferedBytes / 4)}
+	p.done.L = &p.mu
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	p.cancel, p.runCtx = cancel, runCtx
@@ -217,6 +218,7 @@ func Run(ctx context.Context, cfg Config, src Source, mirror Mirror, stats *Stat
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.waitCommitLocked() // it began the next transaction with what was staged
 	if p.err != nil {
 		return p.err
 	}
@@ -224,12 +226,12 @@ func Run(ctx context.Context, cfg Config, src Source, mirror Mirror, stats *Stat
 		return srcErr
 	}
 	// Clean shutdown: commit what is complete, abort a partial source txn.
-	if p.inTxn && !p.inSourceTxn && p.pending != nil {
-		shutdownCtx, c2 := context.WithTimeout(context.Background(), 30*time.Second)
-		defer c2()
-		if err := p.commitLocked(shutdownCtx); err != nil {
+	if !p.inSourceTxn && p.cur.pending != nil {
+		if err := p.startCommitLocked(); err != nil {
 			return err
 		}
+		p.waitCommitLocked()
+		return p.err
 	} else if p.inTxn {
 		p.abortLocked()
 	}

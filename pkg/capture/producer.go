@@ -35,6 +35,15 @@ import (
 //   - Any produce or commit failure aborts and fails Run; the caller restarts
 //     capture, which re-fences and resumes from the last committed
 //     checkpoint. No state survives a failure but what Kafka committed.
+//
+// Commits are pipelined: a full batch is committed (flush, EndTransaction,
+// acknowledge, mirror) by a goroutine while the source goes on emitting the
+// next batch. Its records wait in staged, encoded, and are produced only
+// after that EndTransaction returned and the next transaction began. So a
+// record never enters the transaction of a checkpoint it comes after, and
+// the invariants above hold unchanged. At most one commit runs at a time;
+// staged is bounded (stageLimit bytes), beyond which Emit waits for the
+// commit: backpressure, not a growing queue.
 type producer struct {
 	cfg    Config
 	cl     *kgo.Client
@@ -54,29 +63,48 @@ type producer struct {
 	topics map[string]bool // topics known to exist
 
 	mu          sync.Mutex
-	inTxn       bool              // a Kafka transaction is open
-	inSourceTxn bool              // Emit was called since the last Commit
-	txnStart    time.Time         // when the open Kafka transaction began
-	txnEvents   int               // events in the open Kafka transaction
-	txnBytes    int64             // record bytes in the open Kafka transaction
-	pending     []byte            // checkpoint of the last complete source txn in it
-	newest      time.Time         // newest source commit time in the open transaction
-	txnTables   map[TableOp]int64 // events per table and op in the open transaction
-	lastTable   *event.Table      // the table of the last Emit, and its name
-	lastName    string
-	topicTable  *event.Table // the table and op the cached topic is for
-	topicOp     event.Op
-	topicName   string
-	tracePos    string // the position (and, for snapshot rows, the table) of the cached trace context
-	traceTable  *event.Table
-	traceSnap   bool
-	trace       event.TraceContext
-	traceStr    string
-	txnSpans    []TxnSpan // source transactions in the open Kafka transaction (with a Tracer)
-	err         error     // first failure; sticky
+	done        sync.Cond // broadcast when a commit finishes (L is &mu)
+	inTxn       bool      // a Kafka transaction is open in the client
+	txnBegun    time.Time // when it began (BeginTransaction)
+	inSourceTxn bool      // Emit was called since the last Commit
+	committing  bool      // a commit goroutine runs: new records are staged
+	staged      []*kgo.Record
+	stagedBytes int
+	stageLimit  int
+	cur         batch // the batch being filled
+
+	lastTable  *event.Table // the table of the last Emit, and its name
+	lastName   string
+	topicTable *event.Table // the table and op the cached topic is for
+	topicOp    event.Op
+	topicName  string
+	tracePos   string // the position (and, for snapshot rows, the table) of the cached trace context
+	traceTable *event.Table
+	traceSnap  bool
+	trace      event.TraceContext
+	traceStr   string
+	err        error // first failure; sticky
 
 	produceErr   error
 	produceErrMu sync.Mutex
+}
+
+// batch is the content of one Kafka transaction: what it counts, and the
+// checkpoint its commit will write.
+type batch struct {
+	start   time.Time         // first Emit or Commit into it (BatchLinger counts from here)
+	events  int               // events in it
+	bytes   int64             // their record bytes
+	pending []byte            // checkpoint of the last complete source txn in it
+	newest  time.Time         // newest source commit time in it
+	tables  map[TableOp]int64 // events per table and op
+	spans   []TxnSpan         // source transactions in it (with a Tracer)
+}
+
+func (p *producer) touchLocked() {
+	if p.cur.start.IsZero() {
+		p.cur.start = time.Now()
+	}
 }
 
 func (p *producer) Emit(ctx context.Context, c *event.Change) error {
@@ -85,12 +113,21 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 	if p.err != nil {
 		return p.err
 	}
-	if err := p.beginLocked(); err != nil {
-		return p.fail(err)
-	}
 	if err := p.produceError(); err != nil {
-		return p.fail(p.classifyTxn(err))
+		return p.fail(p.classifyTxn(err, p.txnBegun))
 	}
+	for p.committing && p.stagedBytes >= p.stageLimit {
+		p.done.Wait() // backpressure: staged is full until the commit ends
+	}
+	if p.err != nil {
+		return p.err
+	}
+	if !p.committing {
+		if err := p.beginLocked(); err != nil {
+			return p.fail(err)
+		}
+	}
+	p.touchLocked()
 	p.inSourceTxn = true
 	// The topic depends on the table and the op only (config.Kafka.Topic's
 	// environment), so the last one is reused while they repeat.
@@ -127,26 +164,39 @@ func (p *producer) Emit(ctx context.Context, c *event.Change) error {
 	if c.Op == event.OpDelete && p.cfg.Tombstones && rec.Key != nil && rec.Topic == topic {
 		tombKey = bytes.Clone(rec.Key)
 	}
-	p.produce(rec)
-	p.txnEvents++
+	p.send(rec, size)
+	b := &p.cur
+	b.events++
 	if c.Table != p.lastTable {
 		p.lastTable, p.lastName = c.Table, c.Table.QualifiedName()
 	}
-	if p.txnTables == nil {
-		p.txnTables = map[TableOp]int64{}
+	if b.tables == nil {
+		b.tables = map[TableOp]int64{}
 	}
-	p.txnTables[TableOp{p.lastName, c.Op}]++
-	p.txnBytes += int64(size)
-	if c.Commit.After(p.newest) {
-		p.newest = c.Commit
+	b.tables[TableOp{p.lastName, c.Op}]++
+	b.bytes += int64(size)
+	if c.Commit.After(b.newest) {
+		b.newest = c.Commit
 	}
 	if tombKey != nil {
-		p.produce(event.Tombstone(topic, tombKey))
+		t := event.Tombstone(topic, tombKey)
+		p.send(t, recordSize(t))
 	}
 	if err := p.produceError(); err != nil {
-		return p.fail(p.classifyTxn(err))
+		return p.fail(p.classifyTxn(err, p.txnBegun))
 	}
 	return nil
+}
+
+// send produces r into the open transaction, or stages it while the
+// previous batch commits (see producer).
+func (p *producer) send(r *kgo.Record, size int) {
+	if p.committing {
+		p.staged = append(p.staged, r)
+		p.stagedBytes += size
+		return
+	}
+	p.produce(r)
 }
 
 func (p *producer) Commit(ctx context.Context, cp []byte) error {
@@ -157,22 +207,24 @@ func (p *producer) Commit(ctx context.Context, cp []byte) error {
 func (p *producer) Sync(ctx context.Context, cp []byte) error { return p.endSourceTxn(ctx, cp, true) }
 
 // endSourceTxn closes a source transaction with its checkpoint cp, and
-// commits the Kafka transaction now if asked to or if it is full or old
-// enough.
+// commits the Kafka transaction if asked to (now: and waits for it) or if it
+// is full or old enough.
 func (p *producer) endSourceTxn(ctx context.Context, cp []byte, now bool) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.err != nil {
 		return p.err
 	}
-	if err := p.beginLocked(); err != nil {
-		return p.fail(err)
-	}
+	p.touchLocked()
 	p.inSourceTxn = false
-	p.pending = cp
-	if now || p.txnEvents >= p.cfg.BatchMaxEvents || time.Since(p.txnStart) >= p.cfg.BatchLinger {
-		if err := p.commitLocked(ctx); err != nil {
-			return p.fail(err)
+	p.cur.pending = cp
+	if now || p.cur.events >= p.cfg.BatchMaxEvents || time.Since(p.cur.start) >= p.cfg.BatchLinger {
+		if err := p.startCommitLocked(); err != nil {
+			return err
+		}
+		if now {
+			p.waitCommitLocked()
+			return p.err
 		}
 	}
 	return nil
@@ -191,16 +243,15 @@ func (p *producer) lingerLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		p.mu.Lock()
-		if p.err == nil && p.inTxn && !p.inSourceTxn && p.pending != nil && time.Since(p.txnStart) >= p.cfg.BatchLinger {
-			if err := p.commitLocked(ctx); err != nil {
-				p.fail(err)
-			}
+		if p.err == nil && !p.committing && !p.inSourceTxn && p.cur.pending != nil && time.Since(p.cur.start) >= p.cfg.BatchLinger {
+			_ = p.startCommitLocked() // a failure is sticky in p.err
 		}
 		p.mu.Unlock()
 	}
 }
 
-// classifyTxn is classify for a failure inside the open Kafka transaction.
+// classifyTxn is classify for a failure inside a Kafka transaction that
+// began at begun.
 //
 // The coordinator answers INVALID_TXN_STATE when the transaction this
 // producer is producing into or ending is no longer the one it holds for the
@@ -220,14 +271,16 @@ func (p *producer) lingerLoop(ctx context.Context) {
 // then a restart from the committed checkpoint is the recovery, and should
 // another instance exist after all, its own next failure is within its
 // timeout and it stops, so two instances still settle on one.
-func (p *producer) classifyTxn(err error) error {
-	if errors.Is(err, kerr.InvalidTxnState) && time.Since(p.txnStart) < p.cfg.TransactionTimeout {
+func (p *producer) classifyTxn(err error, begun time.Time) error {
+	if errors.Is(err, kerr.InvalidTxnState) && time.Since(begun) < p.cfg.TransactionTimeout {
 		return fmt.Errorf("%w: %v (the transaction was aborted by the coordinator %s after it began, before the transaction timeout: another instance initialised the transactional id)",
-			ErrFenced, err, time.Since(p.txnStart).Round(time.Millisecond))
+			ErrFenced, err, time.Since(begun).Round(time.Millisecond))
 	}
 	return classify(err)
 }
 
+// beginLocked opens a Kafka transaction unless one is open. Only called
+// while no commit runs: the client has one transaction at a time.
 func (p *producer) beginLocked() error {
 	if p.inTxn {
 		return nil
@@ -235,59 +288,120 @@ func (p *producer) beginLocked() error {
 	if err := p.cl.BeginTransaction(); err != nil {
 		return classify(err)
 	}
-	p.inTxn, p.txnStart, p.txnEvents, p.txnBytes, p.pending, p.newest = true, time.Now(), 0, 0, nil, time.Time{}
-	clear(p.txnTables) // counts of an aborted transaction are not kept
-	p.txnSpans = p.txnSpans[:0]
+	p.inTxn, p.txnBegun = true, time.Now()
 	return nil
 }
 
-// commitLocked writes the checkpoint record, flushes, commits, then acks.
-func (p *producer) commitLocked(ctx context.Context) error {
-	cp := p.pending
+// startCommitLocked hands the current batch to a commit goroutine and
+// starts a new batch. It first waits for a commit still running (one at a
+// time keeps acknowledgements in order and bounds what is staged).
+func (p *producer) startCommitLocked() error {
+	p.waitCommitLocked()
+	if p.err != nil {
+		return p.err
+	}
+	if p.cur.pending == nil {
+		// While we waited, lingerLoop committed this batch: the source is
+		// at a boundary (a single goroutine emits), so nothing came since.
+		return nil
+	}
+	if err := p.beginLocked(); err != nil { // a batch of checkpoints only has no transaction yet
+		return p.fail(err)
+	}
+	b := p.cur
+	p.cur = batch{tables: make(map[TableOp]int64, len(b.tables))}
+	p.committing = true
+	go p.commit(b, p.txnBegun)
+	return nil
+}
+
+func (p *producer) waitCommitLocked() {
+	for p.committing {
+		p.done.Wait()
+	}
+}
+
+// commit writes b's checkpoint record, flushes, commits, then acknowledges
+// the source and mirrors the checkpoint; then it begins the next
+// transaction with the records staged meanwhile. It runs without p.mu for
+// the Kafka round trips; only this goroutine touches the client's
+// transaction while committing is set.
+func (p *producer) commit(b batch, begun time.Time) {
 	start := time.Now()
+	err := p.endTxn(b.pending, begun)
+	if err == nil {
+		p.committed(b, start)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	defer p.done.Broadcast()
+	p.committing = false
+	if err != nil {
+		p.abortLocked()
+		p.fail(err)
+	} else {
+		p.inTxn = false
+	}
+	staged := p.staged
+	defer func() { clear(staged); p.staged, p.stagedBytes = staged[:0], 0 }()
+	if p.err != nil || len(staged) == 0 {
+		return // a failed run produces nothing more; Run returns p.err
+	}
+	if err := p.beginLocked(); err != nil {
+		p.fail(err)
+		return
+	}
+	for _, r := range staged {
+		p.produce(r)
+	}
+}
+
+// endTxn produces the checkpoint record cp as the transaction's last
+// record, flushes and commits.
+func (p *producer) endTxn(cp []byte, begun time.Time) error {
 	p.produce(&kgo.Record{Topic: p.cfg.CheckpointTopic, Partition: 0, Key: checkpointKey, Value: cp})
 	if err := p.cl.Flush(p.runCtx); err != nil {
-		p.abortLocked()
-		return p.classifyTxn(fmt.Errorf("flush: %w", err))
+		return p.classifyTxn(fmt.Errorf("flush: %w", err), begun)
 	}
 	if err := p.produceError(); err != nil {
-		p.abortLocked()
-		return p.classifyTxn(fmt.Errorf("produce: %w", err))
+		return p.classifyTxn(fmt.Errorf("produce: %w", err), begun)
 	}
-	// Do not let ctx cancel the commit request: its outcome would be unknown.
-	endCtx, c := context.WithTimeout(context.WithoutCancel(ctx), 60*time.Second)
+	// Do not let a cancelled context cancel the commit request: its outcome
+	// would be unknown.
+	endCtx, c := context.WithTimeout(context.WithoutCancel(p.runCtx), 60*time.Second)
 	defer c()
 	if err := p.cl.EndTransaction(endCtx, kgo.TryCommit); err != nil {
-		p.abortLocked()
-		return p.classifyTxn(fmt.Errorf("commit Kafka transaction: %w", err))
+		return p.classifyTxn(fmt.Errorf("commit Kafka transaction: %w", err), begun)
 	}
+	return nil
+}
+
+// committed records a committed batch and only then releases it: the
+// source's acknowledgement and the mirror (see the invariants).
+func (p *producer) committed(b batch, start time.Time) {
 	p.stats.Transactions.Add(1)
-	p.stats.Events.Add(int64(p.txnEvents))
-	p.stats.Bytes.Add(p.txnBytes)
-	p.stats.addTableEvents(p.txnTables)
-	clear(p.txnTables)
+	p.stats.Events.Add(int64(b.events))
+	p.stats.Bytes.Add(b.bytes)
+	p.stats.addTableEvents(b.tables)
 	now := time.Now()
-	if p.cfg.Tracer != nil && len(p.txnSpans) > 0 {
-		p.cfg.Tracer.Captured(p.txnSpans, now)
+	if p.cfg.Tracer != nil && len(b.spans) > 0 {
+		p.cfg.Tracer.Captured(b.spans, now)
 	}
-	p.txnSpans = p.txnSpans[:0]
 	p.stats.LastCommit.Store(now.UnixNano())
-	if !p.newest.IsZero() {
-		p.stats.LastSourceCommit.Store(p.newest.UnixNano())
+	if !b.newest.IsZero() {
+		p.stats.LastSourceCommit.Store(b.newest.UnixNano())
 	}
 	if p.stats.CommitLatency != nil {
 		p.stats.CommitLatency(now.Sub(start))
 	}
-	p.inTxn, p.pending, p.txnEvents = false, nil, 0
 	// Committed: only now may the source release these changes.
-	p.src.Ack(cp)
+	p.src.Ack(b.pending)
 	if p.mirror != nil {
-		if err := p.mirror.SaveCapture(cp); err != nil {
+		if err := p.mirror.SaveCapture(b.pending); err != nil {
 			// The mirror only lags; Kafka stays authoritative.
 			p.log.Warn("could not mirror the capture checkpoint to the offset store", "err", err)
 		}
 	}
-	return nil
 }
 
 // traceFor sets p.trace and p.traceStr to the trace context of c's source
@@ -303,11 +417,11 @@ func (p *producer) traceFor(c *event.Change) {
 		p.trace = event.NewTraceContext(p.cfg.Pipeline, c.Table.Connector, "", key, p.cfg.TraceRatio)
 		p.traceStr = p.trace.String()
 		if p.cfg.Tracer != nil {
-			p.txnSpans = append(p.txnSpans, TxnSpan{Trace: p.trace, Position: key, SourceCommit: c.Commit})
+			p.cur.spans = append(p.cur.spans, TxnSpan{Trace: p.trace, Position: key, SourceCommit: c.Commit})
 		}
 	}
-	if n := len(p.txnSpans); n > 0 && p.cfg.Tracer != nil {
-		p.txnSpans[n-1].Events++
+	if n := len(p.cur.spans); n > 0 && p.cfg.Tracer != nil {
+		p.cur.spans[n-1].Events++
 	}
 }
 
@@ -349,11 +463,15 @@ func (p *producer) produceError() error {
 	return p.produceErr
 }
 
-// fail records the first error, aborts, and stops the source.
+// fail records the first error, aborts, and stops the source. While a
+// commit runs, its goroutine owns the transaction and aborts it if the
+// commit fails (a commit that succeeds is whole and stays).
 func (p *producer) fail(err error) error {
 	if p.err == nil {
 		p.err = err
-		p.abortLocked()
+		if !p.committing {
+			p.abortLocked()
+		}
 		p.cancel(err)
 	}
 	return p.err
