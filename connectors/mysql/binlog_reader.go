@@ -29,6 +29,11 @@ type streamer struct {
 	em     capture.Emitter
 	schema *schemaCache
 
+	// chg and fields are the one change being emitted: Emit does not keep
+	// it (capture.Emitter), so every row reuses them instead of allocating.
+	chg    event.Change
+	fields [5]event.Field
+
 	pos  binlogPos    // transaction boundary: after the last complete transaction
 	gtid *gtidTracker // GTID set up to pos
 	cur  binlogPos    // after the last event read (may be inside a transaction)
@@ -515,7 +520,8 @@ func (st *streamer) convertRow(info *tableInfo, e *replication.RowsEvent, i int)
 }
 
 func (st *streamer) newChange(op event.Op, t *event.Table, before, after []event.Value, h *replication.EventHeader, row int64) *event.Change {
-	ch := &event.Change{
+	ch := &st.chg
+	*ch = event.Change{
 		Op: op, Table: t, Before: before, After: after,
 		Commit: st.txn.ts,
 		TxID:   st.txn.id,
@@ -532,12 +538,13 @@ func (st *streamer) newChange(op event.Op, t *event.Table, before, after []event
 		tx.fileVal, tx.fileFor = st.cur.File, st.cur.File
 	}
 	ch.Pos = tx.pos
-	ch.SourceFields = []event.Field{
+	st.fields = [5]event.Field{
 		{Name: "file", Value: tx.fileVal},
 		{Name: "pos", Value: int64(eventStart(h))},
 		{Name: "gtid", Value: tx.gtidVal},
 		{Name: "server_id", Value: int64(h.ServerID)},
 		{Name: "row", Value: row},
 	}
+	ch.SourceFields = st.fields[:]
 	return ch
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -95,8 +96,10 @@ func (e *recEmitter) Emit(ctx context.Context, c *event.Change) error {
 	r := rec{ID: c.ID(), Op: c.Op.String(), Table: c.Table.QualifiedName(), Subject: c.Subject(),
 		Pos: c.Pos, TxID: c.TxID, Index: c.Index, TableIndex: c.TableIndex, Snapshot: c.Snapshot,
 		Before: imageJSON(c.Table, c.Before), After: imageJSON(c.Table, c.After)}
-	if e.keep {
-		r.Change = c
+	if e.keep { // the source reuses c (capture.Emitter): keep a copy
+		cc := *c
+		cc.SourceFields = slices.Clone(c.SourceFields)
+		r.Change = &cc
 	}
 	e.mu.Lock()
 	e.open = append(e.open, r)

@@ -38,6 +38,9 @@ type Source interface {
 type Emitter interface {
 	// Emit adds one change to the current source transaction; the first Emit
 	// after a Commit opens the next one. It may block to apply backpressure.
+	// Emit does not keep c, nor its SourceFields, once it returns: a source
+	// may reuse them for its next change (an Emitter that keeps changes
+	// copies them). Before and After may be kept.
 	Emit(ctx context.Context, c *event.Change) error
 	// Commit closes the current source transaction (it may have no changes,
 	// for a heartbeat or a snapshot-progress step); cp is the checkpoint to

@@ -292,7 +292,7 @@ var (
 	specVersion           = []byte("1.0")
 	contentTypeJSON       = []byte("application/json")
 	contentTypeStructured = []byte(ContentTypeStructured)
-	opTypes               = map[Op][]byte{}
+	opTypes               [256][]byte // by Op (a byte): an index, not a map lookup, per record
 )
 
 func init() {
@@ -302,7 +302,7 @@ func init() {
 }
 
 func typeBytes(o Op) []byte {
-	if b, ok := opTypes[o]; ok {
+	if b := opTypes[o]; b != nil {
 		return b
 	}
 	return []byte(Type(o))
