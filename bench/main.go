@@ -7,7 +7,9 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -239,19 +241,52 @@ func readResults(file string, r *Results) error {
 	return json.Unmarshal(b, r)
 }
 
-// buildPlume builds cmd/plume with the harness. The harness builds the
-// module containing the working directory, which here is the bench module:
-// build from the repository root instead.
+// buildPlume builds cmd/plume as it ships (the Makefile's `build` target
+// and deploy/docker/Dockerfile: CGO_ENABLED=0, -trimpath, -ldflags "-s -w")
+// and installs it by copying, as an image or package does. The copy matters
+// for peak RSS: the Go linker writes its output through a shared mapping,
+// and on this kernel (6.x, ext4 large folios) such a file sits in the page
+// cache as folios of up to 2 MB that a page fault maps whole, so the first
+// run of a just-linked binary shows 8-18 MB more file-backed RSS, varying
+// from link to link, than the same binary read from disk or copied (4 KB
+// pages, 64 KB fault-around). See bench/README.md, "Peak RSS".
 func buildPlume(t *tb) string {
 	wd, err := os.Getwd()
 	must(t, err)
-	if _, err := os.Stat(filepath.Join(wd, "go.mod")); err == nil {
-		if _, err := os.Stat(filepath.Join(wd, "..", "cmd", "plume")); err == nil {
-			must(t, os.Chdir(".."))
-			defer os.Chdir(wd)
-		}
+	root := wd
+	if _, err := os.Stat(filepath.Join(wd, "..", "cmd", "plume")); err == nil {
+		root = filepath.Join(wd, "..")
 	}
-	return testharness.BuildPlume(t)
+	dir := t.TempDir()
+	built := filepath.Join(dir, "plume.link")
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=bench", "-o", built, "./cmd/plume")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build plume: %v\n%s", err, out)
+	}
+	bin := filepath.Join(dir, "plume")
+	must(t, installCopy(built, bin))
+	must(t, os.Remove(built))
+	return bin
+}
+
+// installCopy copies a file with read and write calls, mode 0755.
+func installCopy(from, to string) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(to, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(struct{ io.Writer }{out}, in); err != nil { // no copy_file_range: a plain copy
+		out.Close()
+		return err
+	}
+	return out.Close()
 }
 
 var seq atomic.Int64

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 
 	"github.com/twmb/avro"
 	"github.com/twmb/avro/ocf"
@@ -66,9 +67,11 @@ const manifestEntrySchema = `{"type":"record","name":"manifest_entry","fields":[
  {"name":"sort_order_id","type":["null","int"],"doc":"Sort order ID","default":null,"field-id":140}]},
  "field-id":2}]}`
 
+// The parsed schemas, on first use: parsing them costs about 200 KB of
+// heap and start-up work that a pipeline without Iceberg should not pay.
 var (
-	manifestFileAvro  = avro.MustParse(manifestFileSchema)
-	manifestEntryAvro = avro.MustParse(manifestEntrySchema)
+	manifestFileAvro  = sync.OnceValue(func() *avro.Schema { return avro.MustParse(manifestFileSchema) })
+	manifestEntryAvro = sync.OnceValue(func() *avro.Schema { return avro.MustParse(manifestEntrySchema) })
 )
 
 // manifestFile is one manifest_file record of a manifest list. Entries
@@ -143,7 +146,7 @@ type kvBytes struct {
 // partition-spec, partition-spec-id, format-version, content).
 func writeManifest(entries []manifestEntry, meta map[string][]byte) ([]byte, error) {
 	var buf bytes.Buffer
-	w, err := ocf.NewWriter(&buf, manifestEntryAvro, ocf.WithSchema(manifestEntrySchema),
+	w, err := ocf.NewWriter(&buf, manifestEntryAvro(), ocf.WithSchema(manifestEntrySchema),
 		ocf.WithMetadata(meta), ocf.WithCodec(ocf.DeflateCodec(-1)))
 	if err != nil {
 		return nil, err
@@ -172,7 +175,7 @@ func writeManifestList(files []manifestFile, snapshotID int64, parent *int64, se
 		"sequence-number":    []byte(strconv.FormatInt(seq, 10)),
 	}
 	var buf bytes.Buffer
-	w, err := ocf.NewWriter(&buf, manifestFileAvro, ocf.WithSchema(manifestFileSchema),
+	w, err := ocf.NewWriter(&buf, manifestFileAvro(), ocf.WithSchema(manifestFileSchema),
 		ocf.WithMetadata(meta), ocf.WithCodec(ocf.DeflateCodec(-1)))
 	if err != nil {
 		return nil, err
@@ -192,7 +195,7 @@ func writeManifestList(files []manifestFile, snapshotID int64, parent *int64, se
 // reader schema (fields resolved by name; a v1 list's missing sequence
 // numbers read as 0, as the spec's inheritance rules say).
 func readManifestList(b []byte) ([]manifestFile, error) {
-	rd, err := ocf.NewReader(bytes.NewReader(b), ocf.WithReaderSchema(manifestFileAvro))
+	rd, err := ocf.NewReader(bytes.NewReader(b), ocf.WithReaderSchema(manifestFileAvro()))
 	if err != nil {
 		return nil, fmt.Errorf("read manifest list: %w", err)
 	}
