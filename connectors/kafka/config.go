@@ -6,7 +6,6 @@ import (
 	"net"
 	"path/filepath"
 	"reflect"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -111,10 +110,8 @@ func OffsetsTopic(p *config.Pipeline, targetName string) string {
 	return p.TopicPrefix() + "." + p.Name + "." + targetName + ".offsets"
 }
 
-var topicNameRE = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`)
-
 func checkTopicName(s string) error {
-	if !topicNameRE.MatchString(s) || s == "." || s == ".." {
+	if !config.ValidTopicName(s) {
 		return fmt.Errorf("invalid Kafka topic name %q: want 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-'", s)
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -315,7 +316,7 @@ func TestDefaultSlotName(t *testing.T) {
 	}
 	long1 := DefaultSlotName(strings.Repeat("a", 60) + "-1")
 	long2 := DefaultSlotName(strings.Repeat("a", 60) + "-2")
-	if len(long1) != 63 || long1 == long2 || !slotRE.MatchString(long1) {
+	if len(long1) != 63 || long1 == long2 || !slotOK(long1) {
 		t.Errorf("long names: %q %q", long1, long2)
 	}
 	if DefaultPublicationName("a-b") != "plume_a_b" {
@@ -397,5 +398,47 @@ func TestAliasBombs(t *testing.T) {
 				t.Errorf("%d errors: %v", n, err)
 			}
 		})
+	}
+}
+
+// TestNameChecksMatchTheirRegexps checks the loops in validate.go against
+// the regular expressions they replace, on every short string over an
+// alphabet that straddles each class, and on boundary lengths.
+func TestNameChecksMatchTheirRegexps(t *testing.T) {
+	checks := []struct {
+		name string
+		re   *regexp.Regexp
+		f    func(string) bool
+	}{
+		{"topic", regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`), func(s string) bool { return ValidTopicName(s) || s == "." || s == ".." }},
+		{"pipeline", regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`), func(s string) bool { return nameOK(s, 63) }},
+		{"ref", regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`), func(s string) bool { return nameOK(s, -1) }},
+		{"slot", regexp.MustCompile(`^[a-z0-9_]{1,63}$`), slotOK},
+	}
+	alphabet := "aZ09._-/ é"
+	var all []string
+	var gen func(prefix string, n int)
+	gen = func(prefix string, n int) {
+		all = append(all, prefix)
+		if n == 0 {
+			return
+		}
+		for _, r := range alphabet {
+			gen(prefix+string(r), n-1)
+		}
+	}
+	gen("", 3)
+	for _, n := range []int{62, 63, 64, 248, 249, 250} {
+		all = append(all, strings.Repeat("a", n), "_"+strings.Repeat("a", n-1))
+	}
+	for _, c := range checks {
+		for _, s := range all {
+			if got, want := c.f(s), c.re.MatchString(s); got != want {
+				t.Errorf("%s(%q) = %v, regexp says %v", c.name, s, got, want)
+			}
+		}
+	}
+	if ValidTopicName(".") || ValidTopicName("..") {
+		t.Error(`"." and ".." are not topic names`)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -62,7 +63,7 @@ func FuzzParse(f *testing.F) {
 		if p == nil {
 			t.Fatal("Parse returned neither a pipeline nor an error")
 		}
-		if !nameRE.MatchString(p.Name) || p.StateDir == "" || len(p.Source.Tables) == 0 || p.Source.DSN == "" {
+		if !regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`).MatchString(p.Name) || p.StateDir == "" || len(p.Source.Tables) == 0 || p.Source.DSN == "" {
 			t.Fatalf("accepted an invalid pipeline: %+v", p)
 		}
 		if p.Source.Type != SourceMySQL && p.Source.Type != SourcePostgres {

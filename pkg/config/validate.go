@@ -4,16 +4,11 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"regexp"
 	"strconv"
 	"strings"
 )
 
 var (
-	nameRE        = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
-	refNameRE     = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
-	slotRE        = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
-	kafkaTopicRE  = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`)
 	logLevels     = []string{"debug", "info", "warn", "error"}
 	logFormats    = []string{"text", "json"}
 	sourceTypes   = []string{SourceMySQL, SourcePostgres}
@@ -79,8 +74,55 @@ func (v *validator) listen(path, addr string) {
 	}
 }
 
+// The name checks are loops, not regexps: a bounded repetition such as
+// {1,249} compiles into a program of hundreds of KB that every process
+// would build at start-up and keep.
+
+// ValidTopicName reports whether s is a legal Kafka topic name: 1-249
+// characters of a-z, A-Z, 0-9, '.', '_' and '-', and not "." or "..".
+func ValidTopicName(s string) bool {
+	if len(s) < 1 || len(s) > 249 || s == "." || s == ".." {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// nameOK reports whether s is a lower-case name: [a-z0-9][a-z0-9_-]*, at
+// most max bytes (max < 0: unbounded).
+func nameOK(s string, max int) bool {
+	if s == "" || (max >= 0 && len(s) > max) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || i > 0 && (c == '_' || c == '-')) {
+			return false
+		}
+	}
+	return true
+}
+
+// slotOK reports whether s is a PostgreSQL slot name: [a-z0-9_]{1,63}.
+func slotOK(s string) bool {
+	if len(s) < 1 || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
 func (v *validator) topic(path, name string) {
-	if !kafkaTopicRE.MatchString(name) || name == "." || name == ".." {
+	if !ValidTopicName(name) {
 		v.errorf(path, "invalid Kafka topic name %q: want 1-249 characters of a-z, A-Z, 0-9, '.', '_' and '-'", name)
 	}
 }
@@ -100,7 +142,7 @@ func (v *validator) tls(path string, t TLS) {
 func validate(p *Pipeline) []*Error {
 	v := &validator{p: p}
 
-	if v.required("name", p.Name) && !nameRE.MatchString(p.Name) {
+	if v.required("name", p.Name) && !nameOK(p.Name, 63) {
 		v.errorf("name", "invalid name %q: want 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit", p.Name)
 	}
 	v.required("state_dir", p.StateDir)
@@ -114,7 +156,7 @@ func validate(p *Pipeline) []*Error {
 	for _, name := range p.TargetNames() {
 		t := p.Targets[name]
 		path := joinKey("targets", name)
-		if !refNameRE.MatchString(name) {
+		if !nameOK(name, -1) {
 			v.keyErrorf(path, "invalid target name %q: want a-z, 0-9, '_' and '-', starting with a letter or digit", name)
 		}
 		v.required(joinKey(path, "type"), t.Type)
@@ -221,7 +263,7 @@ func (v *validator) source() {
 		}
 	}
 	if s.Type == SourcePostgres {
-		if !slotRE.MatchString(s.Slot) {
+		if !slotOK(s.Slot) {
 			v.errorf("source.slot", "invalid replication slot name %q: want 1-63 characters of a-z, 0-9 and '_'", s.Slot)
 		}
 		if len(s.Publication) > 63 || strings.ContainsAny(s.Publication, "\"\x00") {
@@ -326,7 +368,7 @@ func (v *validator) routes() {
 		r := &p.Routes[i]
 		path := joinIndex("routes", i)
 		if v.required(joinKey(path, "name"), r.Name) {
-			if !refNameRE.MatchString(r.Name) {
+			if !nameOK(r.Name, -1) {
 				v.errorf(joinKey(path, "name"), "invalid route name %q: want a-z, 0-9, '_' and '-', starting with a letter or digit", r.Name)
 			} else if j, dup := names[r.Name]; dup {
 				v.errorf(joinKey(path, "name"), "duplicate route name %q (also routes[%d])", r.Name, j)
