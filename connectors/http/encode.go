@@ -49,13 +49,8 @@ var reservedAttrs = map[string]bool{
 func eventOf(m *target.Message, body string) (*ce, error) {
 	var rec *event.Received
 	if m.Value != nil || len(m.Headers) > 0 {
-		kr := &kgo.Record{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Value: m.Value}
-		if len(m.Headers) > 0 {
-			kr.Headers = make([]kgo.RecordHeader, len(m.Headers))
-			for i, h := range m.Headers {
-				kr.Headers[i] = kgo.RecordHeader{Key: h.Key, Value: h.Value}
-			}
-		}
+		// target.Header is kgo.RecordHeader: the headers are read, not copied.
+		kr := &kgo.Record{Topic: m.Topic, Partition: m.Partition, Offset: m.Offset, Value: m.Value, Headers: m.Headers}
 		r, err := event.Decode(kr)
 		if err != nil && m.ID == "" {
 			return nil, fmt.Errorf("not a CloudEvent: %w", err)

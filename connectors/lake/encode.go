@@ -329,7 +329,11 @@ func (t *Target) appendRow(rb *array.RecordBuilder, ts *tableState, m *target.Me
 		rb.Field(1).(*array.TimestampBuilder).Append(arrow.Timestamp(m.Time.UnixMicro()))
 	}
 	rb.Field(2).(*array.StringBuilder).Append(m.Position)
-	rb.Field(3).(*array.StringBuilder).Append(header(m, "ce_txid"))
+	txid := m.TxID
+	if txid == "" {
+		txid = header(m, "ce_txid") // a message not built by the router
+	}
+	rb.Field(3).(*array.StringBuilder).Append(txid)
 	rb.Field(4).(*array.StringBuilder).Append(m.ID)
 	rb.Field(5).(*array.StringBuilder).Append(m.Topic)
 	rb.Field(6).(*array.Int32Builder).Append(m.Partition)

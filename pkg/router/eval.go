@@ -67,24 +67,31 @@ func (t *TargetRoutes) Routes() []*Route { return append([]*Route(nil), t.routes
 // router keeps no reference to them. Value and Headers are the record's (not
 // copied, and not masked).
 func (t *TargetRoutes) Eval(rec *kgo.Record) ([]target.Message, error) {
+	return t.AppendEval(nil, rec)
+}
+
+// AppendEval is Eval appending the messages to dst and returning the
+// extended slice (dst itself when there are none): the delivery layer
+// appends to its batch without a slice per record.
+func (t *TargetRoutes) AppendEval(dst []target.Message, rec *kgo.Record) ([]target.Message, error) {
 	if len(t.routes) == 0 {
-		return nil, nil
+		return dst, nil
 	}
 	ev, err := event.Decode(rec)
 	if err != nil {
-		return nil, t.decodeError(rec, err)
+		return dst, t.decodeError(rec, err)
 	}
 	if ev == nil {
-		return nil, nil
+		return dst, nil
 	}
 	op, ok := ev.Op()
 	if !ok {
-		return nil, t.decodeError(rec, fmt.Errorf("unknown CloudEvents type %q", ev.Type))
+		return dst, t.decodeError(rec, fmt.Errorf("unknown CloudEvents type %q", ev.Type))
 	}
 	var ts time.Time
 	if ev.Time != "" {
 		if ts, err = time.Parse(time.RFC3339Nano, ev.Time); err != nil {
-			return nil, t.decodeError(rec, fmt.Errorf("CloudEvents time: %w", err))
+			return dst, t.decodeError(rec, fmt.Errorf("CloudEvents time: %w", err))
 		}
 	}
 	t.begin(ev, op, ts)
@@ -95,7 +102,7 @@ func (t *TargetRoutes) Eval(rec *kgo.Record) ([]target.Message, error) {
 		if r.when != nil {
 			if r.whenNeeds != 0 {
 				if err := t.decodeData(r.whenNeeds); err != nil {
-					return nil, t.decodeError(rec, err)
+					return dst, t.decodeError(rec, err)
 				}
 			}
 			out, err := t.vm.Run(r.when, &t.env)
@@ -119,7 +126,7 @@ func (t *TargetRoutes) Eval(rec *kgo.Record) ([]target.Message, error) {
 				n = needRow
 			}
 			if err := t.decodeData(n); err != nil {
-				return nil, t.decodeError(rec, err)
+				return dst, t.decodeError(rec, err)
 			}
 		}
 		res := result{route: r}
@@ -145,9 +152,9 @@ func (t *TargetRoutes) Eval(rec *kgo.Record) ([]target.Message, error) {
 		t.results = append(t.results, res)
 	}
 
-	var msgs []target.Message
+	msgs := dst
 	if len(t.results) > 0 {
-		msgs = t.messages(rec, ev, op, ts)
+		msgs = t.messages(dst, rec, ev, op, ts)
 	}
 	switch len(errs) {
 	case 0:
@@ -168,16 +175,27 @@ func (t *TargetRoutes) begin(ev *event.Received, op event.Op, ts time.Time) {
 	t.data = ev.Data
 	e := &t.env
 	e.Op = op.String()
-	e.Database = ev.Extensions[event.ExtDatabase]
-	e.Schema = ev.Extensions[event.ExtSchema]
-	e.Table = ev.Extensions[event.ExtTable]
+	// Attributes that repeat from record to record keep the previous
+	// record's string when equal, so that the messages of a batch share
+	// one copy instead of each holding its own (about 130 bytes each).
+	e.Database = same(e.Database, ev.Extensions[event.ExtDatabase])
+	e.Schema = same(e.Schema, ev.Extensions[event.ExtSchema])
+	e.Table = same(e.Table, ev.Extensions[event.ExtTable])
 	e.TS = ts
 	e.ID = ev.ID
-	e.Source = ev.Source
-	e.Type = ev.Type
+	e.Source = same(e.Source, ev.Source)
+	e.Type = same(e.Type, ev.Type)
 	e.Subject = ev.Subject
-	e.Position = ev.Extensions[event.ExtPosition]
-	e.TxID = ev.Extensions[event.ExtTxID]
+	e.Position = same(e.Position, ev.Extensions[event.ExtPosition])
+	e.TxID = same(e.TxID, ev.Extensions[event.ExtTxID])
+}
+
+// same returns prev if it equals s, else s.
+func same(prev, s string) string {
+	if prev == s {
+		return prev
+	}
+	return s
 }
 
 // end drops the record's references so that the evaluator holds no event
@@ -323,14 +341,7 @@ func equalValues(a, b any) bool {
 
 // messages builds one message per result: it gives each its own row map
 // (copying shared maps before any is modified), then applies drop and mask.
-func (t *TargetRoutes) messages(rec *kgo.Record, ev *event.Received, op event.Op, ts time.Time) []target.Message {
-	var headers []target.Header
-	if len(rec.Headers) > 0 {
-		headers = make([]target.Header, len(rec.Headers))
-		for i, h := range rec.Headers {
-			headers[i] = target.Header{Key: h.Key, Value: h.Value}
-		}
-	}
+func (t *TargetRoutes) messages(dst []target.Message, rec *kgo.Record, ev *event.Received, op event.Op, ts time.Time) []target.Message {
 	// The last message that takes the row image takes the map itself,
 	// unless a map expression that read the data may have nested it in its
 	// result ({"full": row}), where that message's drop or mask would show.
@@ -344,7 +355,9 @@ func (t *TargetRoutes) messages(rec *kgo.Record, ev *event.Received, op event.Op
 			break
 		}
 	}
-	msgs := make([]target.Message, len(t.results))
+	start := len(dst)
+	dst = slices.Grow(dst, len(t.results))[:start+len(t.results)]
+	msgs := dst[start:]
 	for i := range t.results {
 		res := &t.results[i]
 		row := res.row
@@ -356,7 +369,7 @@ func (t *TargetRoutes) messages(rec *kgo.Record, ev *event.Received, op event.Op
 			Partition: rec.Partition,
 			Offset:    rec.Offset,
 			ID:        ev.ID,
-			Source:    ev.Source,
+			Source:    t.env.Source,
 			Op:        op,
 			Subject:   ev.Subject,
 			Database:  t.env.Database,
@@ -364,17 +377,18 @@ func (t *TargetRoutes) messages(rec *kgo.Record, ev *event.Received, op event.Op
 			Table:     t.env.Table,
 			Time:      ts,
 			Position:  t.env.Position,
+			TxID:      t.env.TxID,
 			Row:       row,
 			Route:     res.route.Name,
 			Value:     rec.Value,
-			Headers:   headers,
+			Headers:   rec.Headers, // shared, like Value (target.Header is kgo's type)
 		}
 	}
 	// Every copy is taken; now the rows may be modified.
 	for i := range msgs {
 		applyDropMask(t.results[i].route, msgs[i].Row)
 	}
-	return msgs
+	return dst
 }
 
 func copyMap(m map[string]any) map[string]any {

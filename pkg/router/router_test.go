@@ -355,7 +355,7 @@ func TestMessageFields(t *testing.T) {
 				m.ID != "lsn:0/16B3800/0" || m.Source != "/plume/shop-sync/postgresql/shop" ||
 				m.Op != event.OpDelete || m.Subject != "id=7" || m.Database != "shop" ||
 				m.Schema != "public" || m.Table != "products" || !m.Time.Equal(commit) ||
-				m.Position != "lsn:0/16B3800" || m.Route != "r" {
+				m.Position != "lsn:0/16B3800" || m.TxID != "772" || m.Route != "r" {
 				t.Errorf("message = %+v", m)
 			}
 			if m.Row["id"] != int64(7) || m.Row["qty"] != nil || len(m.Row) != 10 {

@@ -19,8 +19,14 @@ type routerAdapter struct {
 }
 
 func (a routerAdapter) Eval(rec *kgo.Record) ([]target.Message, error) {
-	msgs, err := a.tr.Eval(rec)
-	for i := range msgs {
+	return a.AppendEval(nil, rec)
+}
+
+// AppendEval appends the record's messages to dst (target.AppendRouter).
+func (a routerAdapter) AppendEval(dst []target.Message, rec *kgo.Record) ([]target.Message, error) {
+	n := len(dst)
+	msgs, err := a.tr.AppendEval(dst, rec)
+	for i := n; i < len(msgs); i++ {
 		if c := a.routed[msgs[i].Route]; c != nil {
 			c.Add(1)
 		}

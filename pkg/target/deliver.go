@@ -22,6 +22,13 @@ type Router interface {
 	Eval(rec *kgo.Record) ([]Message, error)
 }
 
+// AppendRouter is a Router that appends a record's messages to dst (the
+// batch being collected) instead of returning a slice of their own; the
+// delivery layer uses it when the router has it.
+type AppendRouter interface {
+	AppendEval(dst []Message, rec *kgo.Record) ([]Message, error)
+}
+
 // RouteError is a routing failure of one record for one route.
 type RouteError struct {
 	Route string
@@ -80,6 +87,18 @@ func (c *DeliveryConfig) defaults() {
 		c.Coalesce = new(bool)
 	}
 }
+
+// fetchMaxBytes bounds a delivery consumer's fetch (and the fetch of each
+// partition). Fetch limits count compressed bytes, and kgo holds a fetch
+// decompressed, with a Record and its headers per record, until every
+// record of it has been polled, while the batch being applied may still
+// reference records before it (zstd JSON expands about tenfold). 256 KiB is
+// about 2.5 MiB decompressed, 6,000 events of 100-byte rows: several batches
+// of the default size. In the bench's route stage, 1 MiB fetches peaked at
+// 88-96 MB RSS and 256 KiB ones at 52-55 MB, at the same events/s. A record
+// batch larger than this is still fetched whole (Kafka returns the first
+// batch whatever the limit).
+const fetchMaxBytes = 256 << 10
 
 // DeliveryDefaults are a target type's own defaults for the delivery
 // layer; zero values keep the layer's. A target's delivery block wins over
@@ -200,11 +219,10 @@ func Deliver(ctx context.Context, cfg DeliveryConfig, t Target, r Router, store 
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
 		kgo.MetadataMaxAge(5*time.Second),
-		// Fetch limits count compressed bytes and a fetch is held
-		// decompressed (zstd JSON expands ~10x): keep them small so a
-		// catching-up target stays within tens of MiB.
-		kgo.FetchMaxBytes(1<<20),
-		kgo.FetchMaxPartitionBytes(1<<20),
+		// One fetch in flight or buffered at a time, of at most
+		// fetchMaxBytes (see there).
+		kgo.FetchMaxBytes(fetchMaxBytes),
+		kgo.FetchMaxPartitionBytes(fetchMaxBytes),
 		kgo.MaxConcurrentFetches(1),
 		// A restarted process rejoins after the dead member's session
 		// expires: keep that short (the default is 45 s).
@@ -230,6 +248,9 @@ func Deliver(ctx context.Context, cfg DeliveryConfig, t Target, r Router, store 
 	defer cl.CloseAllowingRebalance()
 
 	d := &deliverer{cfg: cfg, t: t, r: r, store: store, dlq: dlq, cl: cl, stats: stats, log: log}
+	if ro, ok := t.(RowsOnly); ok && ro.RowsOnly() {
+		d.rowsOnly = true
+	}
 	return d.loop(ctx)
 }
 
@@ -242,6 +263,12 @@ type deliverer struct {
 	cl    *kgo.Client
 	stats *DeliveryStats
 	log   *slog.Logger
+	// rowsOnly: the target reads no Value or Headers (RowsOnly), so its
+	// messages are built without them.
+	rowsOnly bool
+	lastTP   []Header // see rowsOnlyMessages
+	// spare is the last applied batch's message array, for the next.
+	spare []Message
 }
 
 func (d *deliverer) loop(ctx context.Context) error {
@@ -261,12 +288,17 @@ func (d *deliverer) loop(ctx context.Context) error {
 			return nil
 		}
 		if len(batch.Offsets) > 0 {
+			msgs := batch.Messages
 			if err := d.apply(ctx, batch, dead); err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
 				return err
 			}
+			// The next batch reuses the array (Apply keeps nothing of
+			// a batch it applied), emptied of this one's rows and records.
+			clear(msgs)
+			d.spare = msgs[:0]
 		}
 		d.cl.AllowRebalance()
 	}
@@ -286,7 +318,8 @@ func (d *deliverer) waitWhilePaused(ctx context.Context) bool {
 
 // collect polls until the batch is full or has lingered.
 func (d *deliverer) collect(ctx context.Context) (*Batch, []DeadLetter, error) {
-	b := &Batch{Offsets: Offsets{}}
+	b := &Batch{Offsets: Offsets{}, Messages: d.spare}
+	d.spare = nil
 	var dead []DeadLetter
 	bytes := 0
 	var deadline time.Time
@@ -297,7 +330,7 @@ func (d *deliverer) collect(ctx context.Context) (*Batch, []DeadLetter, error) {
 			left := time.Until(deadline)
 			if left <= 0 {
 				if *d.cfg.Coalesce {
-					b.Messages = Coalesce(b.Messages)
+					b.Messages = coalesceInPlace(b.Messages)
 				}
 				return b, dead, nil
 			}
@@ -320,7 +353,15 @@ func (d *deliverer) collect(ctx context.Context) (*Batch, []DeadLetter, error) {
 		fs.EachRecord(func(rec *kgo.Record) {
 			b.Offsets[TopicPartition{rec.Topic, rec.Partition}] = rec.Offset + 1
 			bytes += len(rec.Value)
-			msgs, err := d.r.Eval(rec)
+			n := len(b.Messages)
+			var err error
+			if ar, ok := d.r.(AppendRouter); ok {
+				b.Messages, err = ar.AppendEval(b.Messages, rec)
+			} else {
+				var msgs []Message
+				msgs, err = d.r.Eval(rec)
+				b.Messages = append(b.Messages, msgs...)
+			}
 			for _, e := range splitErrors(err) {
 				route := ""
 				var re *RouteError
@@ -329,14 +370,16 @@ func (d *deliverer) collect(ctx context.Context) (*Batch, []DeadLetter, error) {
 				}
 				dead = append(dead, DeadLetter{Msg: rawMessage(rec), Route: route, Target: d.cfg.Target, Err: e, Attempts: 1})
 			}
-			b.Messages = append(b.Messages, msgs...)
+			if d.rowsOnly {
+				d.rowsOnlyMessages(b.Messages[n:])
+			}
 		})
 		if len(b.Offsets) > 0 && deadline.IsZero() {
 			deadline = time.Now().Add(d.cfg.BatchLinger)
 		}
 		if len(b.Messages) >= d.cfg.BatchMaxEvents || bytes >= d.cfg.BatchMaxBytes {
 			if *d.cfg.Coalesce {
-				b.Messages = Coalesce(b.Messages)
+				b.Messages = coalesceInPlace(b.Messages)
 			}
 			return b, dead, nil
 		}
@@ -344,9 +387,8 @@ func (d *deliverer) collect(ctx context.Context) (*Batch, []DeadLetter, error) {
 }
 
 func rawMessage(rec *kgo.Record) Message {
-	m := Message{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Value: rec.Value, Subject: string(rec.Key)}
+	m := Message{Topic: rec.Topic, Partition: rec.Partition, Offset: rec.Offset, Value: rec.Value, Headers: rec.Headers, Subject: string(rec.Key)}
 	for _, h := range rec.Headers {
-		m.Headers = append(m.Headers, Header{h.Key, h.Value})
 		if h.Key == "ce_id" {
 			m.ID = string(h.Value)
 		}
@@ -363,6 +405,9 @@ func (d *deliverer) apply(ctx context.Context, b *Batch, dead []DeadLetter) erro
 	err := retry(ctx, d.cfg, d.stats, d.log, "apply", func() error {
 		attempts++
 		if len(dead) > 0 && d.dlq != nil {
+			if err := d.reread(ctx, dead); err != nil {
+				return err
+			}
 			if err := d.dlq.Send(ctx, dead); err != nil {
 				return err
 			}
@@ -379,7 +424,7 @@ func (d *deliverer) apply(ctx context.Context, b *Batch, dead []DeadLetter) erro
 			var poison []DeadLetter
 			for i, m := range b.Messages {
 				if e, bad := re.Failed[i]; bad {
-					poison = append(poison, DeadLetter{Msg: m, Route: m.Route, Target: d.cfg.Target, Err: e, Attempts: attempts})
+					poison = append(poison, DeadLetter{Msg: m, Route: m.Route, Target: d.cfg.Target, Err: e, Attempts: attempts, reread: d.rowsOnly})
 				} else {
 					rest = append(rest, m)
 				}
@@ -399,7 +444,11 @@ func (d *deliverer) apply(ctx context.Context, b *Batch, dead []DeadLetter) erro
 	if err != nil {
 		return err
 	}
-	applied = append(applied, b.Messages...)
+	if applied == nil {
+		applied = b.Messages
+	} else {
+		applied = append(applied, b.Messages...)
+	}
 	d.stats.Delivered.Add(int64(len(applied)))
 	d.stats.Batches.Add(1)
 	if d.stats.BatchObserver != nil {
@@ -503,8 +552,23 @@ func splitErrors(err error) []error {
 // affected: every dropped message is superseded by a later one that is
 // applied in the same batch.
 func Coalesce(msgs []Message) []Message {
+	return coalesce(make([]Message, 0, len(msgs)), msgs)
+}
+
+// coalesceInPlace is Coalesce reusing msgs' array (a batch's messages are
+// held at once: a copy would add a quarter of their size again). The tail it
+// frees is cleared so that it holds no rows or records.
+func coalesceInPlace(msgs []Message) []Message {
+	out := coalesce(msgs[:0], msgs)
+	clear(msgs[len(out):])
+	return out
+}
+
+// coalesce appends the kept messages of msgs to out. out may share msgs'
+// array from its start: a message is only ever written at or before the
+// index it is read from, after it was read.
+func coalesce(out, msgs []Message) []Message {
 	type key struct{ route, db, schema, table, subject string }
-	out := make([]Message, 0, len(msgs))
 	start := 0
 	flush := func(seg []Message) {
 		last := make(map[key]int, len(seg))

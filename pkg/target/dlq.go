@@ -18,6 +18,10 @@ type DeadLetter struct {
 	Target   string
 	Err      error
 	Attempts int
+	// reread: Msg was routed without its record (a RowsOnly target); the
+	// delivery layer reads Value and Headers again from Kafka before
+	// sending the dead letter.
+	reread bool
 }
 
 // DLQ writes dead letters to the pipeline's dead-letter topic. The original

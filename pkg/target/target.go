@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/plumecdc/plume/pkg/config"
 	"github.com/plumecdc/plume/pkg/event"
 	"github.com/plumecdc/plume/pkg/kafka"
@@ -35,6 +37,9 @@ type Message struct {
 	Time time.Time
 	// Position is the source position of the change's transaction.
 	Position string
+	// TxID is the source transaction id (the txid extension), "" for
+	// snapshot rows.
+	TxID string
 	// Row is the route's output: the result of its `map` expression, or the
 	// after image (the before image for a delete) when it has none.
 	// Values are JSON-decoded: nil, bool, float64/json.Number, string,
@@ -43,16 +48,17 @@ type Message struct {
 	// Route names the route that produced the message.
 	Route string
 	// Record is the original record value and headers, for targets that
-	// forward the CloudEvent itself (http, kafka) and for the dead-letter queue.
+	// forward the CloudEvent itself (http, kafka) and for the dead-letter
+	// queue. Both are the consumed record's own, shared by every message
+	// routed from it: read them, do not modify them.
 	Value   []byte
 	Headers []Header
 }
 
-// Header is a Kafka record header.
-type Header struct {
-	Key   string
-	Value []byte
-}
+// Header is a Kafka record header. It is franz-go's own type, so that a
+// message shares its record's headers instead of holding a copy (about
+// 500 bytes per message for Plume's CloudEvents headers).
+type Header = kgo.RecordHeader
 
 // TopicPartition names a partition of a topic.
 type TopicPartition struct {
@@ -105,6 +111,9 @@ type Target interface {
 	// writes them to the dead-letter queue, then, unless the target says the
 	// rest was applied, calls Apply again with the rest of the batch and the
 	// same offsets); anything else is retried with backoff.
+	//
+	// Once Apply has returned nil, the layer reuses b.Messages' array for
+	// the next batch: keep nothing of it.
 	Apply(ctx context.Context, b *Batch) error
 	// Close releases connections.
 	Close() error
@@ -123,6 +132,17 @@ type Env struct {
 	// broker's actual address. It is zero when the target is built without
 	// running the pipeline (plume validate).
 	Kafka kafka.ClientConfig
+}
+
+// RowsOnly is implemented by a target type that reads only a message's Row
+// and attributes, never Value or Headers (it writes rows, not the
+// CloudEvent). When RowsOnly returns true, the delivery layer builds the
+// target's messages without them: they reference the consumed record's
+// decompressed batch and its headers, about half of what a batch holds. A
+// message the target rejects (RecordErrors) gets its record again from
+// Kafka, by topic, partition and offset, before it is dead-lettered.
+type RowsOnly interface {
+	RowsOnly() bool
 }
 
 // InternalTopics is implemented by targets that keep topics of their own
