@@ -200,7 +200,7 @@ func Run(ctx context.Context, cfg Config, src Source, mirror Mirror, stats *Stat
 	}
 
 	p := &producer{cfg: cfg, cl: cl, adm: adm, src: src, mirror: mirror, stats: stats, log: log,
-		topics: map[string]bool{}, stageLimit: int(cfg.MaxBufferedBytes / 4)}
+		topics: map[string]bool{}, stageLimit: int(cfg.MaxBufferedBytes / 8)}
 	p.done.L = &p.mu
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
