@@ -33,10 +33,14 @@ import (
 //     server with the same GTIDs); File/Pos are then informational and are
 //     used for snapshot watermark comparisons and lag.
 //   - Snapshot progress: Tables[0] is the table being copied and After the
-//     key of the upper bound of the last chunk emitted (absent: from the
-//     start). Each chunk's rows are emitted in the same source transaction as
-//     the checkpoint that advances After past them, so after a crash either
-//     both are in Kafka or neither is: no chunk is lost or duplicated.
+//     key of the upper bound of the last chunk emitted, or of the last row
+//     of the last part of a chunk emitted (absent: from the start). Every
+//     row with a key up to After was emitted or superseded, none after it:
+//     rows are emitted in key order, and a chunk is split into parts only
+//     for a primary key, so no later row has a key equal to After (snapshot.go).
+//     Each part's rows are emitted in the same source transaction as the
+//     checkpoint that advances After past them, so after a crash either
+//     both are in Kafka or neither is: no row is lost or duplicated.
 type checkpoint struct {
 	V        int            `json:"v"`
 	Flavor   string         `json:"flavor"`
@@ -58,7 +62,8 @@ type snapshotState struct {
 	StartMS int64 `json:"start_ms"`
 	// Tables still to copy, in order; Tables[0] is in progress.
 	Tables []string `json:"tables"`
-	// After is Tables[0]'s key value of the last chunk's upper bound.
+	// After is Tables[0]'s key value of the last chunk's upper bound, or of
+	// the last row of a chunk's last emitted part.
 	After  []keyValue `json:"after,omitempty"`
 	Chunks int64      `json:"chunks"`
 	Rows   int64      `json:"rows"`

@@ -24,6 +24,9 @@ type tableInfo struct {
 	// hasKey is false when Table.Key is "every column" because the table has
 	// neither a primary key nor a configured override.
 	hasKey bool
+	// primary is true when Table.Key is the table's primary key (no
+	// override): no two rows share a key value.
+	primary bool
 }
 
 // schemaCache turns TABLE_MAP events into *event.Table versions. With
@@ -209,6 +212,7 @@ func (c *schemaCache) build(tm *replication.TableMapEvent) (*tableInfo, error) {
 func (c *schemaCache) setKey(info *tableInfo, pk []int) {
 	t := info.table
 	qn := t.Database + "." + t.Name
+	overridden := false
 	if names, ok := c.keys[qn]; ok {
 		var key []int
 		for _, n := range names {
@@ -225,9 +229,11 @@ func (c *schemaCache) setKey(info *tableInfo, pk []int) {
 		}
 		if key != nil {
 			pk = key
+			overridden = true
 		}
 	}
 	info.hasKey = len(pk) > 0
+	info.primary = info.hasKey && !overridden
 	if !info.hasKey {
 		pk = make([]int, len(t.Columns))
 		for i := range pk {

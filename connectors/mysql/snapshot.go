@@ -33,15 +33,21 @@ import (
 //     START TRANSACTION WITH CONSISTENT SNAPSHOT and low is the stream's
 //     position at registration (a transaction already in the binlog may not
 //     be visible to the snapshot yet; treating everything since
-//     registration as newer is safe). It reads the chunk's rows and
-//     commits. If low is below the tracker's position at registration the
-//     read is retried (the stream had passed events the tracker did not
-//     record).
+//     registration as newer is safe). If low is below the tracker's
+//     position at registration the read is retried (the stream had passed
+//     events the tracker did not record). Once the watermarks are known the
+//     worker streams the chunk's rows, in key order, into byte-bounded
+//     buffers (snapshot_rows.go) and commits.
 //  3. The Run goroutine emits chunks in order, only between binlog
 //     transactions, and only once its stream position Q has reached the
-//     chunk's high watermark. It drops every row whose key the stream
-//     changed after low, emits the rest as OpRead rows, then commits a
-//     checkpoint holding both Q and "chunk done" (its upper bound).
+//     chunk's high watermark; it may start while the worker is still
+//     reading, and then waits for the chunk's rows (the stream stays at Q
+//     until the whole chunk is emitted). It drops every row whose key the
+//     stream changed after low, and emits the rest as OpRead rows in source
+//     transactions of at most partRows rows: each ends with a checkpoint
+//     holding Q and, as the snapshot's resume point, the key of the part's
+//     last row, or "chunk done" (its upper bound) after the chunk's last
+//     part.
 //
 // Invariant: when a chunk is emitted at stream position Q, each of its
 // emitted rows equals the row's state at Q. A row not changed in (low, Q] has
@@ -50,7 +56,10 @@ import (
 // (inserts and updates carry full after images; deletes remove it). Rows
 // changed after Q follow the chunk in the stream. So replaying the emitted
 // events in order, from any point on, converges on the table's contents, and
-// every change is emitted once: the stream is never rewound.
+// every change is emitted once: the stream is never rewound. A part's
+// checkpoint resumes the snapshot after the part's last key: the rows up to
+// it are in Kafka, the rest of the chunk is read again as a new chunk with
+// new watermarks, exactly as if the chunk had been cut there.
 //
 // Lock mode takes FLUSH TABLES WITH READ LOCK just long enough to open one
 // consistent-snapshot transaction per worker and read SHOW MASTER STATUS;
@@ -67,11 +76,34 @@ type chunk struct {
 	last  bool  // the table's last chunk
 	gone  bool  // the table no longer exists
 
+	// ready is closed once low, high and reg are set (the rows follow
+	// through segs) or the read ended early; done once the read ended (err
+	// and gone are set before).
+	ready     chan struct{}
 	done      chan struct{}
-	rows      [][]event.Value
+	readyShut bool // ready is closed (the worker's)
 	low, high binlogPos
 	reg       *registration
 	err       error
+
+	avail   chan struct{} // a segment was published or the read ended
+	segs    []*segment    // rowBuffers.mu: published, not yet emitted
+	pending int64         // rowBuffers.mu: bytes of the chunk's segments not yet released
+	ended   bool          // rowBuffers.mu: no more segments
+	wrote   bool          // a segment was published (the worker's)
+}
+
+func newChunk() *chunk {
+	return &chunk{ready: make(chan struct{}), done: make(chan struct{}), avail: make(chan struct{}, 1)}
+}
+
+// goneChunk is a table that no longer exists: nothing to read.
+func goneChunk(seq int64, table string) *chunk {
+	ch := newChunk()
+	ch.seq, ch.table, ch.last, ch.gone, ch.ended, ch.readyShut = seq, table, true, true, true, true
+	close(ch.ready)
+	close(ch.done)
+	return ch
 }
 
 type snapshotRun struct {
@@ -80,6 +112,7 @@ type snapshotRun struct {
 	mode    string
 	flavor  string
 	tracker *dirtyTracker
+	rows    *rowBuffers
 	schema  *schemaCache
 	em      capture.Emitter // for snapshot progress reports only
 
@@ -115,6 +148,7 @@ func (st *streamer) startSnapshot(ctx context.Context) error {
 		ctx:     rctx, cancel: cancel,
 		tblRegs: map[string]*registration{},
 	}
+	r.rows = newRowBuffers(rctx, snapshotBufferBytes, headBufferBytes)
 	st.snap = r
 	r.wg.Add(1)
 	go r.plan()
@@ -202,8 +236,7 @@ func (r *snapshotRun) plan() {
 		info, err := r.schema.loadTable(r.ctx, c, qn)
 		if errors.Is(err, errTableGone) {
 			r.s.log.Warn("mysql: snapshot: table no longer exists, skipped", "table", qn)
-			ch := &chunk{seq: seq, table: qn, last: true, gone: true, done: make(chan struct{})}
-			close(ch.done)
+			ch := goneChunk(seq, qn)
 			if !r.send(ch, false) {
 				return
 			}
@@ -224,8 +257,7 @@ func (r *snapshotRun) plan() {
 			if isNoSuchTable(err) {
 				// Dropped while being copied: its DROP is in the stream.
 				r.s.log.Warn("mysql: snapshot: table dropped during its snapshot", "table", qn)
-				ch := &chunk{seq: seq, table: qn, last: true, gone: true, done: make(chan struct{})}
-				close(ch.done)
+				ch := goneChunk(seq, qn)
 				seq++
 				if !r.send(ch, false) {
 					return
@@ -236,7 +268,8 @@ func (r *snapshotRun) plan() {
 				r.fail(fmt.Errorf("mysql: snapshot of %s: %w", qn, err))
 				return
 			}
-			ch := &chunk{seq: seq, table: qn, info: info, lo: lo, hi: hi, last: hi == nil, done: make(chan struct{})}
+			ch := newChunk()
+			ch.seq, ch.table, ch.info, ch.lo, ch.hi, ch.last = seq, qn, info, lo, hi, hi == nil
 			seq++
 			if !r.send(ch, true) {
 				return
@@ -310,7 +343,7 @@ func (r *snapshotRun) lockSetup(c *conn) ([]*conn, error) {
 			return fail(err)
 		}
 		conns = append(conns, wc)
-		if _, err := wc.query(r.ctx, "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"); err != nil {
+		if err := r.session(wc); err != nil {
 			return fail(err)
 		}
 	}
@@ -341,6 +374,25 @@ func (r *snapshotRun) lockSetup(c *conn) ([]*conn, error) {
 	return conns, nil
 }
 
+// testHookSnapshotOpened, if set (tests only), runs after a chunk's
+// consistent snapshot opened, before its rows are read.
+var testHookSnapshotOpened func()
+
+// session prepares a worker connection: repeatable read, and a
+// net_write_timeout long enough for a read that waits for the row budget
+// (snapshot_rows.go). While a worker waits, the server blocks writing the
+// result to the connection, and would drop it after net_write_timeout
+// (default 60 s); the wait lasts until the Run goroutine has emitted the
+// chunks before this one, which takes longer only while Kafka does not
+// accept records.
+func (r *snapshotRun) session(c *conn) error {
+	if _, err := c.query(r.ctx, "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"); err != nil {
+		return err
+	}
+	_, err := c.query(r.ctx, "SET SESSION net_write_timeout = 3600")
+	return err
+}
+
 func (r *snapshotRun) worker(lockConn *conn) {
 	c := lockConn
 	defer func() {
@@ -351,15 +403,11 @@ func (r *snapshotRun) worker(lockConn *conn) {
 	for ch := range r.jobs {
 		if c == nil {
 			var err error
-			if c, err = r.s.dial(r.ctx); err != nil {
-				ch.err = err
-				close(ch.done)
-				r.fail(err)
-				return
+			if c, err = r.s.dial(r.ctx); err == nil {
+				err = r.session(c)
 			}
-			if _, err := c.query(r.ctx, "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ"); err != nil {
-				ch.err = err
-				close(ch.done)
+			if err != nil {
+				r.endRead(ch, err)
 				r.fail(err)
 				return
 			}
@@ -370,34 +418,51 @@ func (r *snapshotRun) worker(lockConn *conn) {
 		} else {
 			err = r.readWatermarked(c, ch)
 		}
-		if isNoSuchTable(err) {
-			// Dropped meanwhile: the chunk is empty (the stream has the DROP).
-			if ch.reg != nil {
-				r.tracker.release(ch.reg)
-			}
-			ch.rows, ch.reg, ch.gone, err = nil, nil, true, nil
+		if isNoSuchTable(err) && !ch.wrote {
+			// Dropped meanwhile: the chunk is empty (the stream has the
+			// DROP). Its registration, if any, is released at emission.
+			ch.gone, err = true, nil
 		}
 		if err != nil {
-			ch.err = fmt.Errorf("mysql: snapshot of %s: %w", ch.table, err)
+			err = fmt.Errorf("mysql: snapshot of %s: %w", ch.table, err)
 		}
-		close(ch.done)
-		r.signal()
+		r.endRead(ch, err)
 		if err != nil {
 			return
 		}
 	}
 }
 
+// setReady publishes ch's watermarks and registration to the Run goroutine.
+func (r *snapshotRun) setReady(ch *chunk) {
+	ch.readyShut = true
+	close(ch.ready)
+	r.signal()
+}
+
+// endRead ends ch's read with err.
+func (r *snapshotRun) endRead(ch *chunk, err error) {
+	ch.err = err
+	r.rows.end(ch)
+	if !ch.readyShut {
+		ch.readyShut = true
+		close(ch.ready)
+	}
+	close(ch.done)
+	r.signal()
+}
+
 func (r *snapshotRun) readLocked(c *conn, ch *chunk) error {
 	r.mu.Lock()
 	ch.low, ch.high = r.lockPos, r.lockPos
 	r.mu.Unlock()
-	rows, err := r.selectChunk(c, ch)
-	ch.rows = rows
-	return err
+	r.setReady(ch)
+	return r.selectChunk(c, ch)
 }
 
-// readWatermarked reads one chunk in its own consistent snapshot.
+// readWatermarked reads one chunk in its own consistent snapshot. Once the
+// chunk is ready its registration belongs to the Run goroutine, which
+// releases it when it has emitted the chunk (or the run ends).
 func (r *snapshotRun) readWatermarked(c *conn, ch *chunk) error {
 	for attempt := 1; ; attempt++ {
 		reg := r.tracker.register(ch.table)
@@ -425,16 +490,16 @@ func (r *snapshotRun) readWatermarked(c *conn, ch *chunk) error {
 			low = reg.start
 		}
 		r.tracker.setLow(reg, low)
-		rows, err := r.selectChunk(c, ch)
+		if testHookSnapshotOpened != nil {
+			testHookSnapshotOpened()
+		}
+		ch.low, ch.high, ch.reg = low, high, reg
+		r.setReady(ch)
+		err = r.selectChunk(c, ch)
 		if _, cerr := c.query(r.ctx, "COMMIT"); err == nil {
 			err = cerr
 		}
-		if err != nil {
-			r.tracker.release(reg)
-			return err
-		}
-		ch.rows, ch.low, ch.high, ch.reg = rows, low, high, reg
-		return nil
+		return err
 	}
 }
 

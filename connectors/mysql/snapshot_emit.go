@@ -2,7 +2,10 @@ package mysql
 
 import (
 	"context"
+	"fmt"
 	"time"
+
+	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 
 	"github.com/plumecdc/plume/pkg/capture"
 	"github.com/plumecdc/plume/pkg/event"
@@ -39,65 +42,127 @@ func (st *streamer) atBoundary(ctx context.Context) error {
 					continue
 				}
 				r.next = ch
+				r.rows.setHead(ch)
 			default:
 				return nil
 			}
 		}
 		ch := r.next
 		select {
-		case <-ch.done:
+		case <-ch.ready:
 		default:
-			return nil
+			return nil // no watermarks yet
 		}
-		if ch.err != nil {
-			return ch.err
+		gone := false
+		select {
+		case <-ch.done:
+			if ch.err != nil {
+				return ch.err
+			}
+			gone = ch.gone
+		default: // still reading
 		}
-		if !ch.gone && st.pos.Compare(ch.high) < 0 {
+		if !gone && st.pos.Compare(ch.high) < 0 {
 			return nil // the stream has not reached the chunk's watermark yet
 		}
 		if err := st.emitChunk(ctx, ch); err != nil {
 			return err
 		}
 		r.next = nil
+		r.rows.setHead(nil)
 	}
 }
 
-// emitChunk emits one chunk as a source transaction of OpRead rows followed
-// by the checkpoint that marks it done.
+// partRows is the most rows of a chunk emitted in one source transaction:
+// half the chunk, at most 1,000. Capture closes a Kafka transaction
+// only between source transactions, so this keeps snapshot transactions
+// near kafka.batch_max_events, as the stream's are, instead of a whole
+// chunk (its records stay buffered until the transaction commits).
+func partRows(chunkSize int) int64 {
+	return int64(min(1000, max(1, chunkSize/2)))
+}
+
+// emitChunk emits one chunk's rows as they arrive from its worker, in
+// source transactions of at most partRows rows (when the table's key allows
+// resuming inside a chunk), and then commits the checkpoint that marks the
+// chunk done. The stream does not move meanwhile: every row is emitted at
+// the same position Q (package comment).
 func (st *streamer) emitChunk(ctx context.Context, ch *chunk) error {
 	state := st.snapState
 	r := st.snap
-	var n int64
-	if !ch.gone {
-		pos := "snapshot:" + state.ID
-		start := state.start()
-		for _, row := range ch.rows {
-			key := keySubject(ch.info.table, row)
-			if r.tracker.changedAfter(ch.table, key, ch.low) {
-				state.Superseded++
-				continue // the stream already emitted a newer state of this row
-			}
-			c := &event.Change{
-				Op: event.OpRead, Table: ch.info.table, After: row,
-				Commit: start, Pos: pos, Index: n, TableIndex: n + 1, Snapshot: true,
+	var n, part int64 // rows emitted of the chunk, of the open part
+	var c *event.Change
+	var fvs []gomysql.FieldValue
+	split := ch.info != nil && ch.info.splittable()
+	limit := partRows(st.s.cfg.SnapshotChunkSize)
+	for {
+		seg, err := r.rows.next(ctx, ch)
+		if err != nil {
+			return err
+		}
+		if seg == nil {
+			break
+		}
+		if c == nil {
+			pos := "snapshot:" + state.ID
+			c = &event.Change{
+				Op: event.OpRead, Table: ch.info.table, Commit: state.start(), Pos: pos, Snapshot: true,
 				SourceFields: []event.Field{
 					{Name: "file", Value: ch.high.File},
 					{Name: "pos", Value: int64(ch.high.Pos)},
 					{Name: "gtid", Value: nil},
 					{Name: "server_id", Value: int64(st.info.ServerID)},
-					{Name: "row", Value: n},
+					{Name: "row", Value: nil},
 				},
 			}
+			fvs = make([]gomysql.FieldValue, len(ch.info.table.Columns))
+		}
+		// The stream is paused while the chunk is emitted, so the keys it
+		// recorded do not change meanwhile.
+		tracked := r.tracker.tracking(ch.table)
+		b := seg.buf
+		for i := 0; i < seg.rows; i++ {
+			if b, err = decodeRow(b, fvs); err != nil {
+				r.rows.release(ch, seg)
+				return err
+			}
+			row, err := ch.info.rowValues(fvs)
+			if err != nil {
+				r.rows.release(ch, seg)
+				return fmt.Errorf("mysql: snapshot of %s: %w", ch.table, err)
+			}
+			if tracked && r.tracker.changedAfter(ch.table, keySubject(ch.info.table, row), ch.low) {
+				state.Superseded++
+				continue // the stream already emitted a newer state of this row
+			}
+			c.After, c.Index, c.TableIndex, c.TraceParent = row, n, n+1, ""
+			c.SourceFields[4].Value = n
 			if err := st.em.Emit(ctx, c); err != nil {
+				r.rows.release(ch, seg)
 				return err
 			}
 			n++
+			part++
+			if split && part >= limit {
+				// A part ends: resume after this row's key.
+				state.After = encodeKey(ch.info.rowKey(fvs))
+				state.Rows += part
+				part = 0
+				if err := st.commit(ctx); err != nil {
+					r.rows.release(ch, seg)
+					return err
+				}
+			}
 		}
+		r.rows.release(ch, seg)
+	}
+	<-ch.done
+	if ch.err != nil {
+		return ch.err
 	}
 	if ch.reg != nil {
 		r.tracker.release(ch.reg)
 	}
-	ch.rows = nil
 	if ch.last {
 		if reg := r.tblRegs[ch.table]; reg != nil {
 			r.tracker.release(reg)
@@ -110,7 +175,7 @@ func (st *streamer) emitChunk(ctx context.Context, ch *chunk) error {
 		state.After = encodeKey(ch.hi)
 	}
 	state.Chunks++
-	state.Rows += n
+	state.Rows += part
 	if len(state.Tables) == 0 {
 		st.s.log.Info("mysql: snapshot done", "id", state.ID, "chunks", state.Chunks, "rows", state.Rows, "superseded", state.Superseded)
 		st.s.lastSnapshot.Store(state)

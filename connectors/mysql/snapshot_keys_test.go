@@ -80,11 +80,7 @@ func rowsJSON(t *testing.T, s *Source, table string) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &snapshotRun{s: s, ctx: t.Context()}
-	rows, err := r.selectChunk(c, &chunk{info: info})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rows := selectRows(t, c, info)
 	var out []string
 	for _, row := range rows {
 		out = append(out, flat(imageJSON(info.table, row)))

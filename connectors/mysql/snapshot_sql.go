@@ -2,6 +2,7 @@ package mysql
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -123,9 +124,8 @@ func rawKeyValue(fv *gomysql.FieldValue) any {
 	return append([]byte(nil), fv.AsString()...)
 }
 
-// selectChunk reads the chunk's rows in the connection's transaction.
-func (r *snapshotRun) selectChunk(c *conn, ch *chunk) ([][]event.Value, error) {
-	info := ch.info
+// chunkQuery renders the SELECT of a chunk's rows, in key order.
+func chunkQuery(info *tableInfo, ch *chunk) (string, []any) {
 	cols := make([]string, len(info.table.Columns))
 	for i, col := range info.table.Columns {
 		cols[i] = quoteIdent(col.Name)
@@ -152,20 +152,82 @@ func (r *snapshotRun) selectChunk(c *conn, ch *chunk) ([][]event.Value, error) {
 	if len(info.keyCols) > 0 {
 		q += " ORDER BY " + keyList(info)
 	}
-	rows := make([][]event.Value, 0, min(r.s.cfg.SnapshotChunkSize, 1024))
-	err := c.stream(r.ctx, q, args, func(row []gomysql.FieldValue) error {
-		vals := make([]event.Value, len(row))
-		for i := range row {
-			v, err := info.cols[i].fromField(&row[i])
-			if err != nil {
-				return fmt.Errorf("column %s: %w", info.table.Columns[i].Name, err)
-			}
-			vals[i] = v
+	return q, args
+}
+
+// selectChunk reads the chunk's rows in the connection's transaction and
+// hands them to the chunk in segments (snapshot_rows.go).
+func (r *snapshotRun) selectChunk(c *conn, ch *chunk) error {
+	q, args := chunkQuery(ch.info, ch)
+	var seg *segment
+	var row []byte // one encoded row, reused
+	err := c.stream(r.ctx, q, args, func(fvs []gomysql.FieldValue) error {
+		row = appendRow(row[:0], fvs)
+		if seg != nil && len(seg.buf)+len(row) > cap(seg.buf) {
+			r.rows.publish(ch, seg)
+			ch.wrote, seg = true, nil
 		}
-		rows = append(rows, vals)
+		if seg == nil {
+			var err error
+			if seg, err = r.rows.get(ch, len(row)); err != nil {
+				return err
+			}
+		}
+		seg.buf = append(seg.buf, row...)
+		seg.rows++
 		return nil
 	})
-	return rows, err
+	if seg != nil && seg.rows > 0 {
+		r.rows.publish(ch, seg)
+		ch.wrote = true
+	} else if seg != nil {
+		r.rows.release(ch, seg)
+	}
+	if errors.Is(err, errSnapshotStopped) && r.ctx.Err() != nil {
+		err = r.ctx.Err()
+	}
+	return err
+}
+
+// rowValues converts a row read by chunkQuery into event values.
+func (info *tableInfo) rowValues(fvs []gomysql.FieldValue) ([]event.Value, error) {
+	vals := make([]event.Value, len(fvs))
+	for i := range fvs {
+		v, err := info.cols[i].fromField(&fvs[i])
+		if err != nil {
+			return nil, fmt.Errorf("column %s: %w", info.table.Columns[i].Name, err)
+		}
+		vals[i] = v
+	}
+	return vals, nil
+}
+
+// rowKey returns the key values of a row read by chunkQuery in the form
+// boundary returns them (statement arguments for the next chunk's bounds).
+func (info *tableInfo) rowKey(fvs []gomysql.FieldValue) []any {
+	out := make([]any, len(info.keyCols))
+	for i, k := range info.keyCols {
+		out[i] = rawKeyValue(&fvs[k])
+	}
+	return out
+}
+
+// splittable reports whether a chunk of the table can be emitted in parts,
+// each resuming after the key of its last row: the key is the primary key,
+// so no row after that one has an equal key (a key override may repeat
+// values, and "key > last" would skip the repeats), and a row's key reads
+// back exactly as boundary reads it (not so for a key column selected as
+// CAST(... AS BINARY)).
+func (info *tableInfo) splittable() bool {
+	if !info.primary || len(info.keyCols) == 0 {
+		return false
+	}
+	for _, k := range info.keyCols {
+		if info.cols[k].rawText {
+			return false
+		}
+	}
+	return true
 }
 
 // stream runs a prepared statement and calls fn for each row (binary

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	gomysql "github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/plumecdc/plume/pkg/event"
 	"github.com/plumecdc/plume/pkg/testharness"
 )
 
@@ -77,16 +79,34 @@ func tableState(t *testing.T, s *Source, table string) map[string]map[string]str
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &snapshotRun{s: s, ctx: ctx}
-	rows, err := r.selectChunk(c, &chunk{info: info})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rows := selectRows(t, c, info)
 	out := map[string]map[string]string{}
 	for _, row := range rows {
 		out[keySubject(info.table, row)] = imageJSON(info.table, row)
 	}
 	return out
+}
+
+// selectRows reads a whole table with a snapshot chunk's query and
+// conversion.
+func selectRows(t *testing.T, c *conn, info *tableInfo) [][]event.Value {
+	t.Helper()
+	q, args := chunkQuery(info, &chunk{info: info})
+	var rows [][]event.Value
+	err := c.stream(t.Context(), q, args, func(fvs []gomysql.FieldValue) error {
+		// Through the snapshot's row buffer encoding, as emitted rows are.
+		dec := make([]gomysql.FieldValue, len(fvs))
+		if rest, err := decodeRow(appendRow(nil, fvs), dec); err != nil || len(rest) != 0 {
+			return fmt.Errorf("row buffer round trip: %v (%d bytes left)", err, len(rest))
+		}
+		vals, err := info.rowValues(dec)
+		rows = append(rows, vals)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rows
 }
 
 func sameState(a, b map[string]map[string]string) (bool, string) {
@@ -147,8 +167,16 @@ func fillTable(t *testing.T, m *testharness.MySQL, db string, rows int) {
 	m.Exec(t, db, fmt.Sprintf("INSERT INTO s SELECT seq, CONCAT('v', seq), 0 FROM seq_1_to_%d", rows))
 }
 
-func runSnapshotUnderWrites(t *testing.T, mode string) {
+// runSnapshotUnderWrites snapshots a table while it is written to. With
+// slowReads each chunk's read waits a little after its snapshot opened, so
+// the stream sees changes to the chunk's rows before the chunk is emitted,
+// and must drop those rows from it (superseded).
+func runSnapshotUnderWrites(t *testing.T, mode string, slowReads bool) {
 	const rows = 3000
+	if slowReads {
+		testHookSnapshotOpened = func() { time.Sleep(20 * time.Millisecond) }
+		t.Cleanup(func() { testHookSnapshotOpened = nil })
+	}
 	m := testharness.MariaDB(t)
 	db := m.NewDatabase(t)
 	fillTable(t, m, db, rows)
@@ -186,20 +214,29 @@ func runSnapshotUnderWrites(t *testing.T, mode string) {
 		t.Error(e)
 	}
 	reads := countOps(em.changes(), true)
-	chunks := 0
+	// Chunks are emitted in parts (source transactions) of at most
+	// partRows rows.
+	parts, most := 0, 0
 	for _, tx := range em.committed {
 		if len(tx.Changes) > 0 && tx.Changes[0].Snapshot {
-			chunks++
+			parts++
+			most = max(most, len(tx.Changes))
 		}
 	}
-	sup := int64(-1)
+	sup, chunks := int64(-1), 0
 	if st := src.lastSnapshot.Load(); st != nil {
-		sup = st.Superseded
+		sup, chunks = st.Superseded, int(st.Chunks)
 	}
-	t.Logf("mode %s: %d rows, %d concurrent writes, %d snapshot reads in %d chunks (%d rows superseded by the stream), %d stream changes",
-		mode, rows, writes, reads, chunks, sup, len(em.changes())-reads)
+	t.Logf("mode %s: %d rows, %d concurrent writes, %d snapshot reads in %d chunks, %d parts of at most %d rows (%d rows superseded by the stream), %d stream changes",
+		mode, rows, writes, reads, chunks, parts, most, sup, len(em.changes())-reads)
 	if reads < rows/2 {
 		t.Errorf("only %d snapshot reads", reads)
+	}
+	if slowReads && sup < 1 {
+		t.Errorf("no row superseded by the stream")
+	}
+	if limit := int(partRows(cfg.SnapshotChunkSize)); most > limit || parts <= chunks {
+		t.Errorf("%d chunks in %d parts of at most %d rows, want more parts than chunks, each of at most %d rows", chunks, parts, most, limit)
 	}
 	// Progress reports (metrics): planned from the table statistics, one
 	// report per chunk, the last one saying done.
@@ -211,9 +248,13 @@ func runSnapshotUnderWrites(t *testing.T, mode string) {
 }
 
 func TestSnapshotWatermarkUnderConcurrentWrites(t *testing.T) {
-	runSnapshotUnderWrites(t, SnapshotWatermark)
+	runSnapshotUnderWrites(t, SnapshotWatermark, false)
+}
+
+func TestSnapshotWatermarkSupersededRows(t *testing.T) {
+	runSnapshotUnderWrites(t, SnapshotWatermark, true)
 }
 
 func TestSnapshotLockModeUnderConcurrentWrites(t *testing.T) {
-	runSnapshotUnderWrites(t, SnapshotLock)
+	runSnapshotUnderWrites(t, SnapshotLock, false)
 }

@@ -117,6 +117,15 @@ func (d *dirtyTracker) observe(table string, t *event.Table, before, after []eve
 	}
 }
 
+// tracking reports whether the stream recorded any changed key of table
+// (if not, changedAfter is false for every key).
+func (d *dirtyTracker) tracking(table string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	td := d.tables[table]
+	return td != nil && len(td.keys) > 0
+}
+
 // changedAfter reports whether key of table changed at a position > low.
 func (d *dirtyTracker) changedAfter(table, key string, low binlogPos) bool {
 	d.mu.Lock()

@@ -43,8 +43,13 @@ import (
 //     chunk is read. A chunk is marked read (read[i] = k, points[k-1] being
 //     the consistent point of the snapshot it was read in) in the same Commit
 //     as its rows, so a chunk is either fully in Kafka and marked, or absent
-//     and unmarked. Chunk bounds are fixed in the first snapshot Commit and
-//     never change, so "key k is in chunk i" means the same thing in every
+//     and unmarked. Chunk bounds are fixed in the first snapshot Commit, with
+//     one exception that keeps this: a chunk emitted in parts is split at
+//     each part's last key when the part commits (the rows up to that key
+//     are in Kafka and marked, the rest of the chunk is unmarked), and its
+//     parts, all marked alike, are merged back when the last one commits
+//     (snapshot.go, emitChunk). So for every key, "its chunk is marked k"
+//     means its row was emitted from the snapshot at points[k-1], in every
 //     run.
 //  4. Catch-up rule. Streaming from P1, a change committed at LSN L (BEGIN's
 //     FinalLSN) to a key in chunk i is emitted iff L >= points[read[i]-1]:

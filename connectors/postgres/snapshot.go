@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"math"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,10 +38,15 @@ import (
 //     transaction) before any chunk, and never changes afterwards.
 //  3. Read. SnapshotWorkers workers read chunks in parallel, each in its own
 //     imported snapshot. A worker hands a chunk to the emitting goroutine
-//     (Run's) once it read the chunk (at most ~one chunk buffered per
-//     worker; an oversized chunk streams through instead). The emitting
-//     goroutine emits the chunk's rows and Commits a checkpoint that marks
-//     the chunk read at this snapshot's point: whole chunks, one at a time.
+//     (Run's) once it read maxBufferedRows of it (or all of it), and streams
+//     the rest through. The emitting goroutine emits one chunk at a time, in
+//     parts of at most partRows rows, each its own source transaction
+//     (capture closes a Kafka transaction only between source transactions,
+//     so parts keep snapshot transactions as small as the stream's): a part
+//     ends only between two rows with different keys, and its Commit splits
+//     the chunk at the part's last key, marking the part before it read at
+//     this snapshot's point. The chunk's last Commit marks its last part and
+//     merges its parts back into the planned chunk (emitChunk).
 //  4. Done. A final empty Commit marks the snapshot done; the stream then
 //     starts at P1 and applies the catch-up rule (checkpoint.go) until it is
 //     past every point a chunk was read at.
@@ -61,6 +68,12 @@ var snapshotNameRE = regexp.MustCompile(`^[0-9A-Za-z-]+$`)
 // maxBufferedRows bounds the rows a worker holds for one chunk before it
 // streams the rest through.
 const maxBufferedRows = 500
+
+// partRows is the most rows of a chunk emitted in one source transaction
+// (more only while rows share a key): half the chunk, at most 1,000.
+func partRows(chunkSize int) int {
+	return min(1000, max(1, chunkSize/2))
+}
 
 // tempSnapshot creates a temporary slot to export a fresh snapshot.
 func (s *Source) tempSnapshot(ctx context.Context) (*exportedSnapshot, error) {
@@ -126,16 +139,27 @@ func (s *Source) snapshot(ctx context.Context, em capture.Emitter, meta *pgx.Con
 	}
 	mark := st.addPoint(exp.point)
 
+	// A task's query is rendered here, before any worker starts: the
+	// emitting goroutine splits and merges a table's chunks (emitChunk) while
+	// workers read.
 	type task struct {
 		tm    *tableMeta
 		stb   *snapTable
 		chunk int
+		sql   string
+		args  []any
+		hi    []keyVal // upper bound; nil for the table's last chunk
 	}
 	var tasks []task
 	for _, stb := range st.Tables {
 		for c, r := range stb.Read {
 			if r == 0 {
-				tasks = append(tasks, task{metas[stb.Table], stb, c})
+				sql, args := chunkQuery(metas[stb.Table], stb, c)
+				var hi []keyVal
+				if c < len(stb.bounds) {
+					hi = stb.bounds[c]
+				}
+				tasks = append(tasks, task{metas[stb.Table], stb, c, sql, args, hi})
 			}
 		}
 	}
@@ -172,7 +196,8 @@ func (s *Source) snapshot(ctx context.Context, em capture.Emitter, meta *pgx.Con
 		go func(conn *pgx.Conn) {
 			defer wg.Done()
 			for t := range taskc {
-				if err := s.readChunk(ctx, conn, st, t.tm, t.stb, t.chunk, exp.point, outs); err != nil {
+				out := &chunkOut{stb: t.stb, tm: t.tm, chunk: t.chunk, hi: t.hi}
+				if err := s.readChunk(ctx, conn, st, out, t.sql, t.args, exp.point, outs); err != nil {
 					errc <- err
 					return
 				}
@@ -190,11 +215,7 @@ func (s *Source) snapshot(ctx context.Context, em capture.Emitter, meta *pgx.Con
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if err := out.emit(ctx, em); err != nil {
-			return err
-		}
-		out.stb.Read[out.chunk] = mark
-		if err := em.Commit(ctx, cp.encode()); err != nil {
+		if err := s.emitChunk(ctx, em, cp, out, mark); err != nil {
 			return err
 		}
 		capture.ReportSnapshotChunk(em, out.stb.Table, unread(out.stb) == 0)
@@ -389,6 +410,8 @@ func chunkQuery(tm *tableMeta, t *snapTable, c int) (string, []any) {
 	if len(conds) > 0 {
 		sql += " WHERE " + strings.Join(conds, " AND ")
 	}
+	// In key order, so that a chunk can be emitted in parts (emitChunk).
+	sql += " ORDER BY " + strings.Join(keyExprs(tm), ", ")
 	return sql, args
 }
 
@@ -396,15 +419,18 @@ func chunkQuery(tm *tableMeta, t *snapTable, c int) (string, []any) {
 // rows, and when it outgrew the buffer, a channel with the rest.
 type chunkOut struct {
 	stb   *snapTable
-	chunk int
+	tm    *tableMeta
+	chunk int      // index in the plan when the run started (for messages)
+	hi    []keyVal // upper bound; nil for the table's last chunk
 	rows  []*event.Change
 	more  chan []*event.Change // nil when rows is the whole chunk
 	err   error                // set before more is closed
 }
 
-func (o *chunkOut) emit(ctx context.Context, em capture.Emitter) error {
+// each calls fn for every row of the chunk, in key order.
+func (o *chunkOut) each(fn func(*event.Change) error) error {
 	for _, c := range o.rows {
-		if err := em.Emit(ctx, c); err != nil {
+		if err := fn(c); err != nil {
 			return err
 		}
 	}
@@ -413,8 +439,8 @@ func (o *chunkOut) emit(ctx context.Context, em capture.Emitter) error {
 	}
 	for batch := range o.more {
 		for _, c := range batch {
-			if err := em.Emit(ctx, c); err != nil {
-				// Unblock the worker: it stops at ctx cancellation.
+			if err := fn(c); err != nil {
+				// The worker stops at ctx cancellation.
 				return err
 			}
 		}
@@ -422,10 +448,126 @@ func (o *chunkOut) emit(ctx context.Context, em capture.Emitter) error {
 	return o.err
 }
 
-// readChunk reads chunk c of a table in conn's snapshot and hands it to the
-// emitting goroutine.
-func (s *Source) readChunk(ctx context.Context, conn *pgx.Conn, st *snapState, tm *tableMeta, t *snapTable, c int, point pglogrepl.LSN, outs chan<- *chunkOut) error {
-	sql, args := chunkQuery(tm, t, c)
+// emitChunk emits a chunk in parts and marks it read at mark.
+//
+// Invariant (checkpoint.go, 3): after every Commit, each key's chunk is
+// marked read iff its row, if any, is in Kafka, and with the point of the
+// snapshot it was read in. A part's Commit splits the chunk at the part's
+// last key k: the first half, (lo, k], holds exactly the rows emitted so far
+// (rows arrive in key order, and a part ends only where the next row's key
+// compares greater, so no later row of this chunk has a key <= k) and is
+// marked with mark; the second half is unread. After the last part the
+// halves, all marked with mark, are merged back into the planned chunk,
+// which keeps every key's mark. A crash leaves the split in the checkpoint;
+// the resumed run reads only the unread half, in its own snapshot.
+func (s *Source) emitChunk(ctx context.Context, em capture.Emitter, cp *checkpoint, out *chunkOut, mark int) error {
+	t := out.stb
+	c0 := len(t.bounds) // the chunk's index now: the chunk whose upper bound is hi
+	if out.hi != nil {
+		c0 = t.chunkOf(out.hi)
+	}
+	if c0 >= len(t.Read) || t.Read[c0] != 0 || (out.hi != nil && compareKey(t.Kinds, t.bounds[c0], out.hi) != 0) {
+		return fmt.Errorf("postgres: snapshot of %s: chunk %d not found unread in the plan", t.Table, out.chunk)
+	}
+	limit := partRows(s.cfg.SnapshotChunkSize)
+	splits, n := 0, 0
+	split := len(t.Key) > 0 // the chunk can be split (the rows are in key order)
+	var prev []keyVal       // key of the last row emitted, once the part is full
+	var prevText []string
+	err := out.each(func(c *event.Change) error {
+		var key []keyVal
+		var text []string
+		if split && (prev != nil || n+1 >= limit) {
+			var ok bool
+			if key, text, ok = chunkKeyOf(out.tm, c.After); !ok {
+				// Not expected for a chunk key; the rest of the chunk is
+				// then one part.
+				split, key, prev = false, nil, nil
+			}
+		}
+		if prev != nil && compareKey(t.Kinds, prev, key) < 0 {
+			// The part ends after prev: split the chunk there.
+			t.Bounds = slices.Insert(t.Bounds, c0+splits, prevText)
+			t.bounds = slices.Insert(t.bounds, c0+splits, prev)
+			t.Read = slices.Insert(t.Read, c0+splits, mark)
+			splits, n, prev = splits+1, 0, nil
+			if err := em.Commit(ctx, cp.encode()); err != nil {
+				return err
+			}
+		}
+		if err := em.Emit(ctx, c); err != nil {
+			return err
+		}
+		n++
+		if n >= limit && key != nil {
+			prev, prevText = key, text
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// Merge the parts: every one is marked with mark.
+	t.Bounds = slices.Delete(t.Bounds, c0, c0+splits)
+	t.bounds = slices.Delete(t.bounds, c0, c0+splits)
+	t.Read = slices.Delete(t.Read, c0, c0+splits)
+	t.Read[c0] = mark
+	return em.Commit(ctx, cp.encode())
+}
+
+// chunkKeyOf returns a row's chunk key, comparable and as bound text (the
+// form boundExpr renders); ok is false if a key column has no comparable
+// value or its text does not parse back to the same key.
+func chunkKeyOf(tm *tableMeta, row []event.Value) ([]keyVal, []string, bool) {
+	key := make([]keyVal, len(tm.chunkKey))
+	text := make([]string, len(tm.chunkKey))
+	for i, k := range tm.chunkKey {
+		if k >= len(row) {
+			return nil, nil, false
+		}
+		kind := tm.kinds[i]
+		kv, ok := keyValOf(kind, row[k])
+		if !ok {
+			return nil, nil, false
+		}
+		var s string
+		switch kind {
+		case kindInt, kindOID:
+			s = strconv.FormatInt(kv.i, 10)
+		case kindBool:
+			s = strconv.FormatBool(kv.i == 1)
+		case kindText, kindUUID:
+			s = kv.s
+		case kindBytea:
+			s = hex.EncodeToString([]byte(kv.s))
+		case kindNumeric:
+			d, _ := row[k].(event.Decimal)
+			s = string(d) // numeric_out, as k::text
+		case kindDate, kindTimestamp, kindTimestamptz:
+			switch kv.i {
+			case math.MinInt64:
+				s = "-infinity"
+			case math.MaxInt64:
+				s = "infinity"
+			default:
+				s = strconv.FormatInt(kv.i, 10)
+			}
+		default:
+			return nil, nil, false
+		}
+		back, err := parseKeyText(kind, s)
+		if err != nil || compareKey([]string{kind}, []keyVal{back}, []keyVal{kv}) != 0 {
+			return nil, nil, false
+		}
+		key[i], text[i] = back, s
+	}
+	return key, text, true
+}
+
+// readChunk reads a chunk (sql, args: chunkQuery's) in conn's snapshot and
+// hands it to the emitting goroutine.
+func (s *Source) readChunk(ctx context.Context, conn *pgx.Conn, st *snapState, out *chunkOut, sql string, args []any, point pglogrepl.LSN, outs chan<- *chunkOut) error {
+	t, tm, c := out.stb, out.tm, out.chunk
 	rows, err := conn.Query(ctx, sql, args...)
 	if err != nil {
 		return fmt.Errorf("postgres: snapshot of %s chunk %d: %w", t.Table, c, err)
@@ -433,7 +575,6 @@ func (s *Source) readChunk(ctx context.Context, conn *pgx.Conn, st *snapState, t
 	defer rows.Close()
 	pos := "snapshot:" + st.ID
 	srcFields := []event.Field{{Name: "lsn", Value: uint64(point)}}
-	out := &chunkOut{stb: t, chunk: c}
 	var batch []*event.Change
 	var n int64
 	send := func(o *chunkOut) error {

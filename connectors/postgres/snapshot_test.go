@@ -115,15 +115,43 @@ func TestSnapshotChunks(t *testing.T) {
 			nonEmpty++
 		}
 	}
-	// Every chunk has its own Commit (empty chunks commit no rows).
-	progress := 0
+	// Every chunk has its own Commits (empty chunks commit no rows): one
+	// per part of at most partRows rows (the keys here are unique). A
+	// part's Commit splits its chunk at the part's last key (more bounds than
+	// the plan); the chunk's last Commit merges the parts back.
+	progress, split, most := 0, false, 0
+	planBounds := map[string]int{}
+	for _, tb := range plan.Snap.Tables {
+		planBounds[tb.Table] = len(tb.Bounds)
+	}
+	var lastSnap *snapState
 	for _, tx := range txns[1:] {
-		if cp, _ := decodeCheckpoint(tx.cp); cp.Snap != nil {
-			progress++
+		cp, _ := decodeCheckpoint(tx.cp)
+		if cp.Snap == nil {
+			continue
+		}
+		progress++
+		lastSnap = cp.Snap
+		if len(tx.changes) > 0 && tx.changes[0].Snapshot && tx.changes[0].Table.Name != "keyless" { // keyless: one chunk, one part
+			most = max(most, len(tx.changes))
+		}
+		for _, tb := range cp.Snap.Tables {
+			split = split || len(tb.Bounds) > planBounds[tb.Table]
 		}
 	}
-	if progress != chunks+1 { // + the final "done" commit
-		t.Errorf("%d snapshot progress commits, want %d chunks + 1", progress, chunks)
+	if progress <= chunks+1 || !split || most > partRows(cfg.SnapshotChunkSize) {
+		t.Errorf("%d snapshot progress commits of at most %d rows for %d chunks (split: %v), want more commits than chunks + 1, chunks split, at most %d rows each",
+			progress, most, chunks, split, partRows(cfg.SnapshotChunkSize))
+	}
+	for _, tb := range lastSnap.Tables {
+		if len(tb.Bounds) != planBounds[tb.Table] {
+			t.Errorf("%s: %d bounds after the snapshot, the plan has %d (parts not merged back)", tb.Table, len(tb.Bounds), planBounds[tb.Table])
+		}
+		for i, r := range tb.Read {
+			if r != 1 {
+				t.Errorf("%s chunk %d: read mark %d after the snapshot, want 1", tb.Table, i, r)
+			}
+		}
 	}
 	// Progress reports (metrics): each table planned with all its chunks
 	// unread, then one report per chunk, the last one saying done.
@@ -248,6 +276,16 @@ func TestSnapshotResumeAfterKill(t *testing.T) {
 	if cpKill.Snap == nil || cpKill.Snap.Done {
 		t.Fatalf("killed too late, snapshot already done: %s", linesAtKill[len(linesAtKill)-1].CP)
 	}
+	// Chunks commit in parts, splitting the chunk in the checkpoint: a kill
+	// between two parts leaves the split for the resumed run.
+	plan, _ := decodeCheckpoint(linesAtKill[0].CP)
+	midChunk := false
+	for _, tb := range cpKill.Snap.Tables {
+		if p := plan.Snap.table(tb.Table); p != nil && len(tb.Bounds) > len(p.Bounds) {
+			midChunk = true
+		}
+	}
+	t.Logf("killed between two parts of a chunk: %v", midChunk)
 	time.Sleep(300 * time.Millisecond) // the writer keeps writing while the source is down
 
 	p2 := child()
