@@ -367,6 +367,20 @@ func (ct *colType) fromBinlog(raw any) (event.Value, error) {
 			return v, nil
 		}
 	case kUnsigned:
+		// The binlog is decoded without signedness (rowsDecoder), so an
+		// unsigned column arrives as the signed integer of its width.
+		switch x := raw.(type) {
+		case int8:
+			return uint64(uint8(x)), nil
+		case int16:
+			return uint64(uint16(x)), nil
+		case int32:
+			if ct.name == "mediumint unsigned" {
+				// go-mysql sign-extends a 3-byte int24 into an int32.
+				return uint64(uint32(x) & 0xFFFFFF), nil
+			}
+			return uint64(uint32(x)), nil
+		}
 		if v, ok := toUint64(raw); ok {
 			return v, nil
 		}
