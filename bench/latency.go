@@ -185,6 +185,10 @@ func (b *bench) latency(t *tb, src source) []*LatencyResult {
 	topic := dataTopic(cfg, src, db, table)
 	must(t, b.adm.createTopic(ctx, topic))
 
+	settled, err := src.Settle(ctx, db)
+	must(t, err)
+	logf("latency %s: server settled in %.1fs", src.Kind(), settled.Seconds())
+
 	c := startChild(t, b.bin, cfg, "capture")
 	defer c.stop()
 	deadline := time.Now().Add(90 * time.Second)

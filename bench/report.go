@@ -309,7 +309,7 @@ func (r *Results) markdown() string {
 				l.Append.P50, l.Append.P99, l.Append.P999, l.Visible.P50, l.Visible.P99, l.Visible.P999, l.Visible.Max, l.PlumeCPU, l.WriterLag, l.Load.Start, l.Load.End, errNote(l.Err))
 		}
 		p("")
-		p("Commit time is when the writer's COMMIT returned; append time is the record's LogAppendTime (broker clock, millisecond resolution; the topics are created with message.timestamp.type=LogAppendTime); visible is when a read_committed consumer received it (after the Kafka transaction committed). HDR histograms (hdrhistogram-go), every change recorded. The writer never waits for Plume: rows due each millisecond go as one transaction to a pool of connections.")
+		p("Commit time is when the writer's COMMIT returned; append time is the record's LogAppendTime (broker clock, millisecond resolution; the topics are created with message.timestamp.type=LogAppendTime); visible is when a read_committed consumer received it (after the Kafka transaction committed). HDR histograms (hdrhistogram-go), every change recorded. The writer never waits for Plume: rows due each millisecond go as one transaction to a pool of connections. Before the runs the database writes back what earlier workloads left dirty (PostgreSQL: CHECKPOINT; MariaDB: dirty InnoDB pages down to 1% of the buffer pool, at most 120 s; then sync), so the writer's commits do not wait on a previous backlog's I/O.")
 	}
 	if len(r.Snapshots) > 0 {
 		p("")
