@@ -17,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/plumecdc/plume/pkg/config"
+	plumekafka "github.com/plumecdc/plume/pkg/kafka"
 	"github.com/plumecdc/plume/pkg/testharness"
 )
 
@@ -184,7 +185,7 @@ func mysqlRawRead(ctx context.Context, m *testharness.MySQL, pos mysql.Position,
 // rawProduce writes n records cycling through sample (Plume's own records:
 // same keys, headers, values, sizes), with the capture stage's producer
 // settings: zstd, acks=all, idempotent and transactional, 5,000 records
-// and one checkpoint record per transaction, 64 MiB buffered.
+// and one checkpoint record per transaction, 16 MiB buffered.
 func rawProduce(ctx context.Context, brokers []string, a *admin, name string, sample []*kgo.Record, n int64, timeout time.Duration) RawResult {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -194,10 +195,15 @@ func rawProduce(ctx context.Context, brokers []string, a *admin, name string, sa
 			return rawResult("franz-go producer", 0, 0, 0, err)
 		}
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...),
-		kgo.ProducerBatchCompression(kgo.ZstdCompression().WithLevel(1)), // Plume's default: zstd's fastest level
+	// Plume's client options: the seed brokers and its default codec
+	// (zstd's fastest level, through the same compressor).
+	opts, err := plumekafka.ClientConfig{Brokers: brokers}.Opts()
+	if err != nil {
+		return rawResult("franz-go producer", 0, 0, 0, err)
+	}
+	cl, err := kgo.NewClient(append(opts,
 		kgo.TransactionalID(name), kgo.TransactionTimeout(5*time.Minute),
-		kgo.MaxBufferedBytes(16<<20), kgo.ProducerBatchMaxBytes(1<<20), kgo.RecordRetries(20))
+		kgo.MaxBufferedBytes(16<<20), kgo.ProducerBatchMaxBytes(1<<20), kgo.RecordRetries(20))...)
 	if err != nil {
 		return rawResult("franz-go producer", 0, 0, 0, err)
 	}
