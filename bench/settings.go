@@ -13,6 +13,7 @@ import (
 type Settings struct {
 	Quick         bool          `json:"quick"`
 	Rows          int           `json:"rows"`               // BENCH_ROWS: backlog changes per drain
+	DrainRuns     int           `json:"drain_runs"`         // BENCH_DRAIN_RUNS: plume binary runs per backlog (median reported)
 	RowSizes      []int         `json:"row_sizes"`          // BENCH_ROW_SIZES: payload bytes, e.g. 100,1000
 	TxnRows       int           `json:"txn_rows"`           // BENCH_TXN_ROWS: rows per source transaction in the backlog
 	SnapshotRows  int           `json:"snapshot_rows"`      // BENCH_SNAPSHOT_ROWS
@@ -34,6 +35,7 @@ func loadSettings() Settings {
 	s := Settings{
 		Quick:         q,
 		Rows:          envInt("BENCH_ROWS", pick(q, 50_000, 1_000_000)),
+		DrainRuns:     max(1, envInt("BENCH_DRAIN_RUNS", pick(q, 1, 3))),
 		RowSizes:      envInts("BENCH_ROW_SIZES", []int{100, 1000}),
 		TxnRows:       envInt("BENCH_TXN_ROWS", 100),
 		SnapshotRows:  envInt("BENCH_SNAPSHOT_ROWS", pick(q, 200_000, 5_000_000)),
