@@ -141,15 +141,37 @@ func TestSnapshotResumeAfterKill(t *testing.T) {
 		}
 		return n
 	}
+	// midChunk: the last committed transaction is a part of a chunk that
+	// has more parts to come (its checkpoint counts no more finished chunks
+	// than the transaction before it), so a kill now leaves the resumed run
+	// to continue inside a chunk, after the part's last key.
+	midChunk := func() bool {
+		txs := readTxns(t, out)
+		if len(txs) < 2 {
+			return false
+		}
+		last, prev := txs[len(txs)-1], txs[len(txs)-2]
+		if len(last.Changes) == 0 || !last.Changes[0].Snapshot {
+			return false
+		}
+		a, errA := decodeCheckpoint([]byte(last.CP))
+		b, errB := decodeCheckpoint([]byte(prev.CP))
+		return errA == nil && errB == nil && a.Snapshot != nil && b.Snapshot != nil && a.Snapshot.Chunks == b.Snapshot.Chunks
+	}
 	stopChurn := churn(t, m, db, rows, 11, 2*time.Millisecond)
 	p1 := child()
-	waitFor(t, nil, 60*time.Second, "5 chunks from the first child", func() bool {
+	// The child sleeps 100 ms after every snapshot commit, so the state seen
+	// here is still the last commit when the kill lands.
+	waitFor(t, nil, 60*time.Second, "5 snapshot transactions from the first child, the last one mid-chunk", func() bool {
 		if p1.Exited() {
 			t.Fatalf("child exited: %s", p1.Output())
 		}
-		return chunksDone() >= 5
+		return chunksDone() >= 5 && midChunk()
 	})
 	_ = p1.Kill()
+	if !midChunk() {
+		t.Fatal("the kill landed after a chunk's last part; this test resumes from between two parts")
+	}
 	before := chunksDone()
 	p2 := child()
 	snapshotDone := func() bool {

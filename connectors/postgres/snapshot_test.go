@@ -258,14 +258,37 @@ func TestSnapshotResumeAfterKill(t *testing.T) {
 		return testharness.StartCommand(t, cmd)
 	}
 
+	// midChunk: the last committed line is a part of a chunk with more parts
+	// to come, so a kill now leaves that chunk split at the part's last key
+	// in the checkpoint (more bounds than the plan, the first line's), and
+	// the resumed run must continue from inside it.
+	midChunk := func(lines []fileLine) bool {
+		if len(lines) < 2 {
+			return false
+		}
+		plan, err1 := decodeCheckpoint(lines[0].CP)
+		last, err2 := decodeCheckpoint(lines[len(lines)-1].CP)
+		if err1 != nil || err2 != nil || plan.Snap == nil || last.Snap == nil {
+			return false
+		}
+		for _, tb := range last.Snap.Tables {
+			if p := plan.Snap.table(tb.Table); p != nil && len(tb.Bounds) > len(p.Bounds) {
+				return true
+			}
+		}
+		return false
+	}
+
 	w := startWriter(t, pg, db, 6000, 2)
 	p := child()
-	waitFor(t, 60*time.Second, "15 committed chunks", func() bool {
+	// The child sleeps 25 ms after every snapshot commit, so the last line
+	// seen here is still the last one when the kill lands.
+	waitFor(t, 60*time.Second, "15 committed chunks, the last one a part of a split chunk", func() bool {
 		if p.Exited() {
 			t.Fatalf("child exited: %s", p.Output())
 		}
 		lines, _ := readFileLines(out)
-		return len(lines) >= 16
+		return len(lines) >= 16 && midChunk(lines)
 	})
 	p.Kill()
 	linesAtKill, _ := readFileLines(out)
@@ -276,16 +299,9 @@ func TestSnapshotResumeAfterKill(t *testing.T) {
 	if cpKill.Snap == nil || cpKill.Snap.Done {
 		t.Fatalf("killed too late, snapshot already done: %s", linesAtKill[len(linesAtKill)-1].CP)
 	}
-	// Chunks commit in parts, splitting the chunk in the checkpoint: a kill
-	// between two parts leaves the split for the resumed run.
-	plan, _ := decodeCheckpoint(linesAtKill[0].CP)
-	midChunk := false
-	for _, tb := range cpKill.Snap.Tables {
-		if p := plan.Snap.table(tb.Table); p != nil && len(tb.Bounds) > len(p.Bounds) {
-			midChunk = true
-		}
+	if !midChunk(linesAtKill) {
+		t.Fatal("the kill landed after a chunk's last part; this test resumes from between two parts")
 	}
-	t.Logf("killed between two parts of a chunk: %v", midChunk)
 	time.Sleep(300 * time.Millisecond) // the writer keeps writing while the source is down
 
 	p2 := child()
