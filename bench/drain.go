@@ -46,6 +46,7 @@ type DrainResult struct {
 type DrainRun struct {
 	Seconds     float64 `json:"seconds"`
 	EventsSec   float64 `json:"events_per_sec"`
+	CPUSeconds  float64 `json:"process_cpu_seconds"`
 	CPUUsPerEvt float64 `json:"cpu_us_per_event"`
 	PeakRSSMB   float64 `json:"peak_rss_mb"`
 }
@@ -119,17 +120,13 @@ func (b *bench) drain(t *tb, src source, size int) *DrainResult {
 		_ = c.stop()
 		must(t, err)
 		d := end.Sub(c.start)
-		run := DrainRun{Seconds: d.Seconds(), EventsSec: float64(got) / d.Seconds(),
+		run := DrainRun{Seconds: d.Seconds(), EventsSec: float64(got) / d.Seconds(), CPUSeconds: st.CPU.Seconds(),
 			CPUUsPerEvt: float64(st.CPU.Microseconds()) / float64(got), PeakRSSMB: float64(st.PeakKB) / 1024}
 		res.Runs = append(res.Runs, run)
 		res.PeakRSSMB = max(res.PeakRSSMB, run.PeakRSSMB)
-		if i == 0 {
-			res.ProcessCPU = st.CPU.Seconds()
-		}
 	}
 	med := medianRun(res.Runs)
-	res.Seconds, res.EventsSec, res.CPUUsPerEvt = med.Seconds, med.EventsSec, med.CPUUsPerEvt
-	res.ProcessCPU = med.CPUUsPerEvt * float64(n) / 1e6
+	res.Seconds, res.EventsSec, res.CPUUsPerEvt, res.ProcessCPU = med.Seconds, med.EventsSec, med.CPUUsPerEvt, med.CPUSeconds
 
 	sample, err := sampleRecords(ctx, b.brokers, topicX, min(10000, int(n)))
 	must(t, err)
