@@ -119,6 +119,87 @@ type Encoder struct {
 
 	sizeHint int        // buffer size for the next record (grows to fit)
 	pool     *sync.Pool // of *pooledRecord, made with Context
+	tables   map[*Table]*tableCache
+}
+
+// tableCache holds the parts of a binary-mode record that are the same for
+// every change of one table (colKeys, source) or of one table and source
+// transaction (the rest), rendered once instead of for every row.
+//
+// Invariant: every cached byte is what the uncached renderer would write
+// for the change being encoded. It holds because
+//   - the cache is per *Table, and a Table is never modified once a change
+//     referencing it was emitted: connectors build a new Table on a schema
+//     change (capture's topic cache relies on the same);
+//   - the transaction parts are rendered from, and only reused while the
+//     change matches, exactly the fields they depend on: commit instant,
+//     TxID, Pos and the snapshot flag (see appendSourceHead, appendTail);
+//   - the pipeline name is fixed for the Encoder's life.
+//
+// TestEnvelopeCacheMatchesUncached checks the bytes over changes that hit
+// and miss the cache.
+type tableCache struct {
+	colKeys   [][]byte // per column, `"name":` JSON-escaped
+	source    []byte   // ce_source, SourceURI
+	fieldKeys []fieldKey
+
+	txnValid bool
+	commit   time.Time
+	txID     string
+	pos      string
+	snapshot bool
+	time     []byte // ce_time: the commit time in RFC 3339
+	srcHead  []byte // appendSourceHead
+	tail     []byte // appendTail
+}
+
+// fieldKey is a source field's rendered key (appendFieldKey). Connectors
+// emit the same field names, in the same order, for every change of a
+// table, so fieldKeys[i] is almost always the one for field i; the name is
+// compared to make sure.
+type fieldKey struct {
+	name string
+	key  []byte
+}
+
+func (tc *tableCache) fieldKey(i int, name string) []byte {
+	if i < len(tc.fieldKeys) && tc.fieldKeys[i].name == name {
+		return tc.fieldKeys[i].key
+	}
+	k := appendFieldKey(nil, name)
+	if i <= len(tc.fieldKeys) && i < 32 {
+		tc.fieldKeys = append(tc.fieldKeys[:i], fieldKey{name, k})
+	}
+	return k
+}
+
+// maxCachedTables bounds Encoder.tables: past it the cache starts over,
+// so tables replaced by schema changes do not accumulate.
+const maxCachedTables = 1024
+
+// cacheFor returns the cache for c's table, prepared for c's transaction.
+func (e *Encoder) cacheFor(c *Change) *tableCache {
+	t := c.Table
+	tc := e.tables[t]
+	if tc == nil {
+		if e.tables == nil || len(e.tables) >= maxCachedTables {
+			e.tables = make(map[*Table]*tableCache)
+		}
+		tc = &tableCache{source: []byte(SourceURI(e.Pipeline, t))}
+		tc.colKeys = make([][]byte, len(t.Columns))
+		for i, col := range t.Columns {
+			tc.colKeys[i] = append(AppendJSONString(nil, col.Name), ':')
+		}
+		e.tables[t] = tc
+	}
+	if tc.txnValid && c.Commit.Equal(tc.commit) && c.TxID == tc.txID && c.Pos == tc.pos && c.Snapshot == tc.snapshot {
+		return tc
+	}
+	tc.txnValid, tc.commit, tc.txID, tc.pos, tc.snapshot = true, c.Commit, c.TxID, c.Pos, c.Snapshot
+	tc.time = c.Commit.UTC().AppendFormat(tc.time[:0], time.RFC3339Nano)
+	tc.srcHead = appendSourceHead(tc.srcHead[:0], e.Pipeline, c)
+	tc.tail = appendTail(tc.tail[:0], c)
+	return tc
 }
 
 // pooledRecord is a binary-mode record with its own header array and
@@ -190,6 +271,7 @@ func (e *Encoder) Record(topic string, c *Change) *kgo.Record {
 		return r
 	}
 	t := c.Table
+	tc := e.cacheFor(c)
 	var pr *pooledRecord
 	var b []byte
 	if e.Context != nil {
@@ -209,14 +291,9 @@ func (e *Encoder) Record(topic string, c *Change) *kgo.Record {
 	off[0] = len(b)
 	b = c.appendID(b, b[:off[0]])
 	off[1] = len(b)
-	b = append(b, "/plume/"...)
-	b = append(b, e.Pipeline...)
-	b = append(b, '/')
-	b = append(b, t.Connector...)
-	b = append(b, '/')
-	b = append(b, t.Database...)
+	b = append(b, tc.source...)
 	off[2] = len(b)
-	b = c.Commit.UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, tc.time...)
 	off[3] = len(b)
 	b = append(b, c.TxID...)
 	off[4] = len(b)
@@ -230,7 +307,7 @@ func (e *Encoder) Record(topic string, c *Change) *kgo.Record {
 	off[8] = len(b)
 	b = append(b, c.TraceParent...)
 	off[9] = len(b)
-	b = AppendEnvelope(b, e.Pipeline, c)
+	b = appendEnvelope(b, e.Pipeline, c, tc)
 	off[10] = len(b)
 	if n := len(b) + len(b)/8; n > e.sizeHint {
 		e.sizeHint = n // the next record of this shape fits without growing

@@ -3,7 +3,9 @@ package event
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"testing"
@@ -284,27 +286,13 @@ func testBinaryRecords(t *testing.T, recycle bool) {
 	var wants [][]string
 	check := func(i int, r *kgo.Record) {
 		t.Helper()
-		var got []string
-		for _, h := range r.Headers {
-			got = append(got, h.Key+"="+string(h.Value))
-		}
-		got = append(got, "key="+string(r.Key), "value="+string(r.Value))
-		if strings.Join(got, "\n") != strings.Join(wants[i], "\n") {
+		if got := recordLines(r); strings.Join(got, "\n") != strings.Join(wants[i], "\n") {
 			t.Errorf("record %d:\n got %q\nwant %q", i, got, wants[i])
 		}
 	}
 	for round := 0; round < 3; round++ {
 		for _, c := range corpus() {
-			a := AttributesOf("shop-sync", c)
-			want := []string{"ce_specversion=1.0", "ce_id=" + a.ID, "ce_source=" + a.Source, "ce_type=" + a.Type}
-			if a.Subject != "" {
-				want = append(want, "ce_subject="+a.Subject)
-			}
-			want = append(want, "ce_time="+FormatTime(a.Time), "content-type=application/json")
-			for _, x := range a.Extensions {
-				want = append(want, "ce_"+x.Name+"="+x.Value.(string))
-			}
-			want = append(want, "key="+a.Subject, "value="+string(AppendEnvelope(nil, "shop-sync", c)))
+			want := wantRecordLines("shop-sync", c)
 			r := enc.Record("t", c)
 			recs = append(recs, r)
 			wants = append(wants, want)
@@ -322,6 +310,101 @@ func testBinaryRecords(t *testing.T, recycle bool) {
 	}
 	for i, r := range recs {
 		check(i, r)
+	}
+}
+
+// recordLines renders a binary-mode record's headers, key and value.
+func recordLines(r *kgo.Record) []string {
+	var got []string
+	for _, h := range r.Headers {
+		got = append(got, h.Key+"="+string(h.Value))
+	}
+	return append(got, "key="+string(r.Key), "value="+string(r.Value))
+}
+
+// wantRecordLines is recordLines of c's binary-mode record, built the slow
+// way: from AttributesOf and the uncached AppendEnvelope.
+func wantRecordLines(pipeline string, c *Change) []string {
+	a := AttributesOf(pipeline, c)
+	want := []string{"ce_specversion=1.0", "ce_id=" + a.ID, "ce_source=" + a.Source, "ce_type=" + a.Type}
+	if a.Subject != "" {
+		want = append(want, "ce_subject="+a.Subject)
+	}
+	want = append(want, "ce_time="+FormatTime(a.Time), "content-type=application/json")
+	for _, x := range a.Extensions {
+		want = append(want, "ce_"+x.Name+"="+x.Value.(string))
+	}
+	return append(want, "key="+a.Subject, "value="+string(AppendEnvelope(nil, pipeline, c)))
+}
+
+// TestEnvelopeCacheMatchesUncached: the encoder renders the parts of a
+// record that repeat within a table and transaction once (tableCache).
+// Over a long sequence in which each of the fields those parts depend on
+// changes alone (commit instant, txid, position, snapshot flag, table,
+// source field names), every record is byte for byte the uncached one.
+func TestEnvelopeCacheMatchesUncached(t *testing.T) {
+	tables := []*Table{
+		{Connector: "mysql", Database: "shop", Name: "a", Columns: []Column{{Name: "id"}, {Name: `q"uo\te`}}, Key: []int{0}},
+		{Connector: "postgresql", Database: "shop", Schema: "public", Name: "b", Columns: []Column{{Name: "id"}, {Name: "v"}}, Key: []int{0}},
+		{Connector: "mysql", Database: "other", Name: "a", Columns: []Column{{Name: "id"}, {Name: "v"}}, Key: []int{0}},
+	}
+	base := time.Date(2026, 11, 24, 15, 0, 0, 123456000, time.UTC)
+	berlin := time.FixedZone("CET", 3600)
+	rng := rand.New(rand.NewPCG(1, 2))
+	c := &Change{Op: OpCreate, Table: tables[0], Commit: base, TxID: "0-1-1", Pos: "gtid:0-1-1"}
+	enc := Encoder{Pipeline: "p", Context: context.Background()}
+	for i := 0; i < 5000; i++ {
+		switch rng.IntN(10) {
+		case 0:
+			c.Table = tables[rng.IntN(len(tables))]
+		case 1:
+			c.Commit = c.Commit.Add(time.Duration(rng.IntN(3)) * time.Millisecond)
+		case 2:
+			c.Commit = c.Commit.In(berlin) // the same instant elsewhere
+		case 3:
+			c.TxID = fmt.Sprintf("0-1-%d", rng.IntN(4))
+		case 4:
+			c.Pos = fmt.Sprintf("gtid:0-1-%d", rng.IntN(4))
+		case 5:
+			c.Snapshot = !c.Snapshot
+		case 6:
+			names := [][]string{{"file", "pos"}, {"lsn"}, {"file", "po\"s", "row"}, nil}[rng.IntN(4)]
+			c.SourceFields = nil
+			for _, n := range names {
+				c.SourceFields = append(c.SourceFields, Field{n, int64(rng.IntN(100))})
+			}
+		case 7:
+			c.Op = []Op{OpCreate, OpUpdate, OpDelete}[rng.IntN(3)]
+		}
+		c.Index++
+		c.TableIndex = c.Index / 2
+		img := []Value{int64(i), fmt.Sprint("row ", i)}
+		c.Before, c.After = nil, nil
+		switch c.Op {
+		case OpCreate:
+			c.After = img
+		case OpUpdate:
+			c.Before, c.After = img, img
+		case OpDelete:
+			c.Before = img
+		}
+		want := wantRecordLines("p", c)
+		r := enc.Record("t", c)
+		if got := recordLines(r); strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Fatalf("change %d (%+v):\n got %q\nwant %q", i, *c, got, want)
+		}
+		enc.Recycle(r)
+	}
+	// Past maxCachedTables the cache starts over, and still renders right.
+	for i := 0; i < maxCachedTables+10; i++ {
+		c := &Change{Op: OpCreate, Table: &Table{Connector: "mysql", Database: "d", Name: fmt.Sprint("t", i), Columns: []Column{{Name: "id"}}, Key: []int{0}},
+			After: []Value{int64(i)}, Commit: base, TxID: "x", Pos: "y"}
+		if got, want := recordLines(enc.Record("t", c)), wantRecordLines("p", c); strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Fatalf("table %d:\n got %q\nwant %q", i, got, want)
+		}
+	}
+	if len(enc.tables) > maxCachedTables {
+		t.Errorf("%d tables cached, bound %d", len(enc.tables), maxCachedTables)
 	}
 }
 
