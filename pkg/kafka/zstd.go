@@ -21,7 +21,8 @@ import (
 // in one goroutine per broker), reused for the client's life. The output
 // is what kgo's would be: zstd's fastest level, a 64 KiB window (a batch is
 // at most kafka.max_message_bytes; a larger window only costs memory), one
-// goroutine per encoder, and zero-length frames allowed.
+// goroutine per encoder, and zero-length frames allowed; unlike kgo's, its
+// frames carry no checksum (see get).
 type zstdCompressor struct {
 	mu   sync.Mutex
 	free []*zstd.Encoder
@@ -62,7 +63,11 @@ func (c *zstdCompressor) get() (*zstd.Encoder, error) {
 		zstd.WithEncoderLevel(zstd.SpeedFastest),
 		zstd.WithWindowSize(64<<10),
 		zstd.WithEncoderConcurrency(1),
-		zstd.WithZeroFrames(true))
+		zstd.WithZeroFrames(true),
+		// No frame checksum: a Kafka record batch carries its own CRC-32C
+		// over the compressed bytes, which the broker checks. The
+		// checksum would hash every uncompressed byte once more.
+		zstd.WithEncoderCRC(false))
 }
 
 func (c *zstdCompressor) put(enc *zstd.Encoder) {
