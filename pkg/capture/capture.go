@@ -202,6 +202,7 @@ func Run(ctx context.Context, cfg Config, src Source, mirror Mirror, stats *Stat
 	p := &producer{cfg: cfg, cl: cl, adm: adm, src: src, mirror: mirror, stats: stats, log: log,
 		topics: map[string]bool{}, stageLimit: int(cfg.MaxBufferedBytes / 8)}
 	p.done.L = &p.mu
+	p.promise = p.produced
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	p.cancel, p.runCtx = cancel, runCtx

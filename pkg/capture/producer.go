@@ -87,6 +87,7 @@ type producer struct {
 
 	produceErr   error
 	produceErrMu sync.Mutex
+	promise      func(*kgo.Record, error) // p.produced, bound once: a closure per record would be an allocation per event
 }
 
 // batch is the content of one Kafka transaction: what it counts, and the
@@ -444,17 +445,20 @@ func (p *producer) abortLocked() {
 // source's change was encoded into it and is not read again), so its
 // storage goes back to the encoder's pool (event.Encoder.Recycle).
 func (p *producer) produce(r *kgo.Record) {
-	p.cl.Produce(p.runCtx, r, func(r *kgo.Record, err error) {
-		if err != nil {
-			p.produceErrMu.Lock()
-			if p.produceErr == nil {
-				p.produceErr = err
-			}
-			p.produceErrMu.Unlock()
-			return
+	p.cl.Produce(p.runCtx, r, p.promise)
+}
+
+// produced is every record's produce promise.
+func (p *producer) produced(r *kgo.Record, err error) {
+	if err != nil {
+		p.produceErrMu.Lock()
+		if p.produceErr == nil {
+			p.produceErr = err
 		}
-		p.enc.Recycle(r)
-	})
+		p.produceErrMu.Unlock()
+		return
+	}
+	p.enc.Recycle(r)
 }
 
 func (p *producer) produceError() error {
