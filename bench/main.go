@@ -133,6 +133,13 @@ func run() int {
 		logf("%s: %v", name, time.Since(start).Round(time.Second))
 		b.write()
 	}
+	if s.Warmup > 0 {
+		step("warmup", func(_ *tb) {
+			w := b.warmBroker(int64(s.Warmup))
+			b.res.Warmup = &w
+			logf("broker warm-up: %d records, produced %.0f/s, consumed %.0f/s, %.0f s %s", w.Records, w.ProduceSec, w.ConsumeSec, w.TotalSeconds, w.Err)
+		})
+	}
 	for _, src := range srcs {
 		if s.has("drain") {
 			for _, size := range s.RowSizes {

@@ -27,6 +27,8 @@ type Results struct {
 	E2E       []*E2EResult      `json:"end_to_end"`
 	// Baseline is an idle plume process's memory (baseline.go).
 	Baseline Baseline `json:"idle_plume"`
+	// Warmup is the broker warm-up before the first workload (warmup.go).
+	Warmup *Warmup `json:"broker_warmup,omitempty"`
 	// Routes are the router workload (bench/route.go).
 	Routes []*RouteResult `json:"router,omitempty"`
 	// TargetRuns are the target workloads (bench/targets.go).
@@ -217,6 +219,19 @@ func sortedKeys[V any](m map[string]V) []string {
 }
 
 // num formats a rate with thousands separators.
+// producerCell is the bare producer's median and, if it ran more than
+// once, every run.
+func producerCell(d *DrainResult) string {
+	if len(d.ProducerRuns) < 2 {
+		return num(d.Producer.EventsSec)
+	}
+	runs := make([]string, len(d.ProducerRuns))
+	for i, x := range d.ProducerRuns {
+		runs[i] = num(x)
+	}
+	return num(d.Producer.EventsSec) + " (" + strings.Join(runs, " / ") + ")"
+}
+
 func num(v float64) string {
 	s := fmt.Sprintf("%.0f", v)
 	var b strings.Builder
@@ -278,6 +293,14 @@ func (r *Results) markdown() string {
 		p("An idle `plume run` (started, broker unreachable, no work) peaks at %.0f MB RSS: %.0f MB of it are the binary's file-backed pages (code and read-only data touched at start-up by package initialisers; clean, shared, reclaimable) and %.0f MB anonymous memory. The binary is %.0f MB. Every peak RSS below includes that floor.", bl.PeakRSSMB, bl.RssFileMB, bl.RssAnonMB, bl.BinaryMB)
 		p("")
 	}
+	if w := r.Warmup; w != nil {
+		if w.Err != "" {
+			p("Broker warm-up before the first workload failed: %s.", w.Err)
+		} else {
+			p("Before the first workload the broker was warmed up (its JIT compiles the produce, transaction and fetch paths): %s records shaped like the 100 B drain's were produced transactionally (%s/s) and read back read_committed (%s/s), %.0f s in all.", num(float64(w.Records)), num(w.ProduceSec), num(w.ConsumeSec), w.TotalSeconds)
+		}
+		p("")
+	}
 	p("## Targets")
 	p("")
 	p("| target | measured | status |")
@@ -297,11 +320,24 @@ func (r *Results) markdown() string {
 				runs[i] = num(x.EventsSec)
 			}
 			p("| %s | %d B | %s | **%s** | %s | %.1f | %.1f | %.0f | %s | %.1f | %s | %s%s | %s%s | **%.0f%%** | %.1f / %.1f |", d.Source, d.RowBytes, num(float64(d.Events)), num(d.EventsSec), strings.Join(runs, " / "), d.MBSec,
-				d.CPUUsPerEvt, d.PeakRSSMB, num(d.InProcEvtSec), d.GCShare*100, num(d.AllocPerEvt), num(d.Reader.EventsSec), errMark(d.Reader.Err), num(d.Producer.EventsSec), errMark(d.Producer.Err), d.Ratio*100, d.Load.Start, d.Load.End)
+				d.CPUUsPerEvt, d.PeakRSSMB, num(d.InProcEvtSec), d.GCShare*100, num(d.AllocPerEvt), num(d.Reader.EventsSec), errMark(d.Reader.Err), producerCell(d), errMark(d.Producer.Err), d.Ratio*100, d.Load.Start, d.Load.End)
 		}
 		p("")
-		p("The plume binary drains the backlog %d time(s), one run after another, each as a fresh pipeline whose start position was set before the backlog was written; events/s, MB/s, CPU-µs/event and the ratio are the median run's, peak RSS is the highest run's. Runs of the same backlog differ by up to 35%% on this machine, and the slower runs also spend more CPU per event (MariaDB 100 B: 4.4 CPU-µs/event at 223,705 events/s, 5.1-5.2 at 165,810-181,173), so every run is listed.", r.Settings.DrainRuns)
-		p("Events/s is events over the time from starting the plume process to the last event committed (start-up included). MB/s counts record bytes (key, value, headers; before compression). Bare reader: go-mysql BinlogSyncer (rows decoded) or pglogrepl (pgoutput messages) reading the same backlog and discarding it; bare producer: franz-go writing Plume's own records (cycled sample of 10,000) with the capture settings (zstd, acks=all, transactional, 5,000 records per transaction, as capture by default). The limit is the slower of the two.")
+		spread := 0.0
+		for _, d := range r.Drains {
+			lo, hi := 0.0, 0.0
+			for _, x := range d.Runs {
+				if lo == 0 || x.EventsSec < lo {
+					lo = x.EventsSec
+				}
+				hi = max(hi, x.EventsSec)
+			}
+			if lo > 0 {
+				spread = max(spread, hi/lo-1)
+			}
+		}
+		p("The plume binary drains the backlog %d time(s), one run after another, each as a fresh pipeline whose start position was set before the backlog was written; events/s, MB/s, CPU-µs/event and the ratio are the median run's, peak RSS is the highest run's. Runs of the same backlog differ by up to %.0f%% here (fastest over slowest), and slower runs usually spend more CPU per event as well, so every run is listed.", r.Settings.DrainRuns, spread*100)
+		p("Events/s is events over the time from starting the plume process to the last event committed (start-up included). MB/s counts record bytes (key, value, headers; before compression). Bare reader: go-mysql BinlogSyncer (rows decoded) or pglogrepl (pgoutput messages) reading the same backlog and discarding it; bare producer: franz-go writing Plume's own records (cycled sample of 10,000) with the capture settings (zstd, acks=all, transactional, 5,000 records per transaction, as capture by default), run as many times as the plume binary, after the readers; its median run counts (every run is listed). The limit is the slower of the two.")
 	}
 	if len(r.Latency) > 0 {
 		p("")
