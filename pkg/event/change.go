@@ -67,7 +67,9 @@ type Column struct {
 }
 
 // Table is one version of a captured table's shape. A schema change produces
-// a new *Table; events keep pointing at the version they were read with.
+// a new *Table; events keep pointing at the version they were read with. A
+// Table is never modified once a change referencing it was emitted: the
+// Encoder and capture cache what they render from it by pointer.
 type Table struct {
 	Connector string // "postgresql" or "mysql", as in Debezium's source.connector
 	Database  string // the database (PostgreSQL) or schema/database (MySQL)

@@ -20,10 +20,13 @@ func drainChange(payload int) *Change {
 // BenchmarkRecordDrainRow encodes backlog-shaped rows through a recycling
 // encoder, as capture does: one transaction of 100 rows after another.
 func BenchmarkRecordDrainRow(b *testing.B) {
-	for _, size := range []int{100, 1000} {
-		b.Run(strings.Repeat("x", 0)+map[int]string{100: "100B", 1000: "1KB"}[size], func(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		size int
+	}{{"100B", 100}, {"1KB", 1000}} {
+		b.Run(bc.name, func(b *testing.B) {
 			enc := Encoder{Pipeline: "bench-x", Context: context.Background()}
-			c := drainChange(size)
+			c := drainChange(bc.size)
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
 				c.Index = int64(i % 100)
