@@ -137,7 +137,7 @@ func run() int {
 		step("warmup", func(_ *tb) {
 			w := b.warmBroker(int64(s.Warmup))
 			b.res.Warmup = &w
-			logf("broker warm-up: %d records, produced %.0f/s, consumed %.0f/s, %.0f s %s", w.Records, w.ProduceSec, w.ConsumeSec, w.TotalSeconds, w.Err)
+			logf("broker warm-up: %d records, rounds %.0f records/s, steady %v, consumed %.0f/s, %.0f s %s", w.Records, w.Rounds, w.Steady, w.ConsumeSec, w.TotalSeconds, w.Err)
 		})
 	}
 	for _, src := range srcs {

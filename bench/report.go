@@ -297,7 +297,15 @@ func (r *Results) markdown() string {
 		if w.Err != "" {
 			p("Broker warm-up before the first workload failed: %s.", w.Err)
 		} else {
-			p("Before the first workload the broker was warmed up (its JIT compiles the produce, transaction and fetch paths): %s records shaped like the 100 B drain's were produced transactionally (%s/s) and read back read_committed (%s/s), %.0f s in all.", num(float64(w.Records)), num(w.ProduceSec), num(w.ConsumeSec), w.TotalSeconds)
+			rounds := make([]string, len(w.Rounds))
+			for i, x := range w.Rounds {
+				rounds[i] = num(x)
+			}
+			steady := "stopped when two rounds in a row were within 5% of the best before them"
+			if !w.Steady {
+				steady = "stopped by its bound before the rate was steady"
+			}
+			p("Before the first workload the broker was warmed up (its JIT compiles the produce, transaction and fetch paths): %s records shaped like the 100 B drain's were produced transactionally in rounds of %s (records/s: %s; %s) and the last round read back read_committed (%s/s), %.0f s in all.", num(float64(w.Records)), num(warmupRound), strings.Join(rounds, ", "), steady, num(w.ConsumeSec), w.TotalSeconds)
 		}
 		p("")
 	}

@@ -28,7 +28,7 @@ type Settings struct {
 	WriterConns   int           `json:"writer_conns"`       // BENCH_WRITERS: connections of the open-loop writer
 	ProfileInProc bool          `json:"profile_in_process"` // BENCH_PROFILE=0 skips the in-process profiled runs
 	ProfileFor    time.Duration `json:"profile_seconds"`    // BENCH_PROFILE_SECONDS: bound of an in-process profiled run
-	Warmup        int           `json:"warmup_records"`     // BENCH_WARMUP: records through the broker before the first workload (0: none)
+	Warmup        int           `json:"warmup_records"`     // BENCH_WARMUP: at most this many records through the broker before the first workload (0: none)
 }
 
 func loadSettings() Settings {
@@ -51,7 +51,7 @@ func loadSettings() Settings {
 		WriterConns:   envInt("BENCH_WRITERS", 4),
 		ProfileInProc: env("BENCH_PROFILE", "1") != "0",
 		ProfileFor:    envDur("BENCH_PROFILE_SECONDS", pick(q, 15*time.Second, 30*time.Second)),
-		Warmup:        envCount("BENCH_WARMUP", 1_000_000),
+		Warmup:        envCount("BENCH_WARMUP", 10_000_000),
 	}
 	if q {
 		s.RowSizes = envInts("BENCH_ROW_SIZES", []int{100})
