@@ -136,7 +136,13 @@ func run() int {
 	if s.Warmup > 0 {
 		step("warmup", func(_ *tb) {
 			w := b.warmBroker(int64(s.Warmup))
-			b.res.Warmup = &w
+			if b.res.Warmup == nil {
+				b.res.Warmup = &w
+			} else if n := len(b.res.Reruns); n > 0 && len(w.Rounds) > 0 {
+				// A rerun merged into an earlier file: the header keeps
+				// the first run's warm-up; the rerun's line notes its own.
+				b.res.Reruns[n-1] += fmt.Sprintf("; the broker was warmed up again first (%d records, last round %.0f records/s)", w.Records, w.Rounds[len(w.Rounds)-1])
+			}
 			logf("broker warm-up: %d records, rounds %.0f records/s, steady %v, consumed %.0f/s, %.0f s %s", w.Records, w.Rounds, w.Steady, w.ConsumeSec, w.TotalSeconds, w.Err)
 		})
 	}
