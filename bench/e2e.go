@@ -50,7 +50,7 @@ targets:
 	logf("e2e %s: loading %d rows", src.Kind(), n)
 	must(t, src.Load(ctx, db, table, 1, n, 100, b.s.TxnRows))
 	logf("e2e %s: plume (capture + router + sql target) draining", src.Kind())
-	c := startChild(t, b.bin, cfg, "all")
+	c := b.profiledChild(t, cfg, "all", "e2e-"+src.Kind())
 	defer c.stop()
 	var st procStat
 	var got int64

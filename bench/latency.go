@@ -189,7 +189,7 @@ func (b *bench) latency(t *tb, src source) []*LatencyResult {
 	must(t, err)
 	logf("latency %s: server settled in %.1fs", src.Kind(), settled.Seconds())
 
-	c := startChild(t, b.bin, cfg, "capture")
+	c := b.profiledChild(t, cfg, "capture", "latency-"+src.Kind())
 	defer c.stop()
 	deadline := time.Now().Add(90 * time.Second)
 	for {

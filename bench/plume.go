@@ -85,10 +85,30 @@ type child struct {
 	start time.Time
 }
 
-func startChild(t *tb, bin string, cfg *config.Pipeline, stage string) *child {
+func startChild(t *tb, bin string, cfg *config.Pipeline, stage string, extra ...string) *child {
 	c := &child{start: time.Now()}
-	c.p = testharness.StartProcess(t, bin, "run", "-c", cfg.File, "--stage", stage)
+	c.p = testharness.StartProcess(t, bin, append([]string{"run", "-c", cfg.File, "--stage", stage}, extra...)...)
 	return c
+}
+
+// profiledChild starts the plume binary like startChild and, unless
+// profiling is off (BENCH_PROFILE=0), has it write a CPU profile of its
+// whole run and its allocations (`plume run --cpuprofile --memprofile`,
+// written when it stops) to the run's profile directory as
+// <name>.cpu.pb.gz and <name>.allocs.pb.gz. It is for the workloads
+// without an in-process profiled run (latency, end to end, route,
+// targets); their figures then include the profiler's cost (Go samples
+// at 100 Hz, about 1% of CPU).
+func (b *bench) profiledChild(t *tb, cfg *config.Pipeline, stage, name string) *child {
+	if !b.s.ProfileInProc {
+		return startChild(t, b.bin, cfg, stage)
+	}
+	if f := relResults(filepath.Join(b.profDir, name)); !contains(b.res.ChildProfiles, f) {
+		b.res.ChildProfiles = append(b.res.ChildProfiles, f) // a merged rerun overwrites the files
+	}
+	return startChild(t, b.bin, cfg, stage,
+		"--cpuprofile", filepath.Join(b.profDir, name+".cpu.pb.gz"),
+		"--memprofile", filepath.Join(b.profDir, name+".allocs.pb.gz"))
 }
 
 // procStat is a process's CPU time and peak RSS.

@@ -27,6 +27,10 @@ type Results struct {
 	E2E       []*E2EResult      `json:"end_to_end"`
 	// Baseline is an idle plume process's memory (baseline.go).
 	Baseline Baseline `json:"idle_plume"`
+	// ChildProfiles are the plume binary's own profiles (profiledChild),
+	// as paths under the results dir without the .cpu.pb.gz and
+	// .allocs.pb.gz suffixes.
+	ChildProfiles []string `json:"child_profiles,omitempty"`
 	// Warmup is the broker warm-up before the first workload (warmup.go).
 	Warmup *Warmup `json:"broker_warmup,omitempty"`
 	// Routes are the router workload (bench/route.go).
@@ -409,13 +413,23 @@ func (r *Results) markdown() string {
 			profs = append(profs, profileSection(fmt.Sprintf("snapshot %s %d workers", sn.Source, sn.Workers), sn.Profile))
 		}
 	}
-	if len(profs) > 0 {
+	if len(profs) > 0 || len(r.ChildProfiles) > 0 {
 		p("")
 		p("## Profiles")
 		p("")
-		p("Files under bench/results/ (a run's profiles total under 1 MB). CPU: `go tool pprof -top FILE.cpu.pb.gz`; allocations over the run: `go tool pprof -sample_index=alloc_space -base FILE.allocs-base.pb.gz FILE.allocs.pb.gz`.")
+		p("Files under bench/results/ (a run's profiles total a few MB). CPU: `go tool pprof -top FILE.cpu.pb.gz`; allocations over the run: `go tool pprof -sample_index=alloc_space -base FILE.allocs-base.pb.gz FILE.allocs.pb.gz`.")
 		for _, s := range profs {
 			p("%s", s)
+		}
+	}
+	if len(r.ChildProfiles) > 0 {
+		p("")
+		p("### The plume binary's own profiles")
+		p("")
+		p("Workloads without an in-process profiled run (latency, end to end, route, targets) ran the binary with `--cpuprofile` and `--memprofile`: a CPU profile of its whole run and its allocations since start (no base needed: `go tool pprof -sample_index=alloc_space FILE.allocs.pb.gz`). Their figures include the profiler's cost, about 1%% of CPU. Files (add `.cpu.pb.gz` or `.allocs.pb.gz`):")
+		p("")
+		for _, f := range r.ChildProfiles {
+			p("- `%s`", f)
 		}
 	}
 	if len(r.Other) > 0 {

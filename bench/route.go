@@ -119,13 +119,13 @@ func (b *bench) route(t *tb, src source, r *RouteResult) {
 	r.BareEventsSec, r.BareCPUUsEvent = float64(cnt)/secs, float64(cpu.Microseconds())/float64(cnt)
 
 	logf("route %s: plume route stage, every event filtered out", src.Kind())
-	st, secs, err := b.routeUntil(ctx, t, cfgF, "plume."+name+".filtered", topic, end, func() bool { return false })
+	st, secs, err := b.routeUntil(ctx, t, cfgF, "route-filtered-"+src.Kind(), "plume."+name+".filtered", topic, end, func() bool { return false })
 	must(t, err)
 	r.FilterEventsSec, r.FilterCPUUsEvent, r.FilterPeakRSSMB = float64(n)/secs, float64(st.CPU.Microseconds())/float64(n), float64(st.PeakKB)/1024
 	r.OverheadUs = r.FilterCPUUsEvent - r.BareCPUUsEvent
 
 	logf("route %s: plume route stage into the http target", src.Kind())
-	st, secs, err = b.routeUntil(ctx, t, cfgH, "", topic, end, func() bool { return events.Load() >= n })
+	st, secs, err = b.routeUntil(ctx, t, cfgH, "route-http-"+src.Kind(), "", topic, end, func() bool { return events.Load() >= n })
 	if err != nil {
 		err = fmt.Errorf("%w\nreceiver: %d events in %d requests", err, events.Load(), requests.Load())
 	}
@@ -141,8 +141,8 @@ func (b *bench) route(t *tb, src source, r *RouteResult) {
 // after the last transaction marker, so end-1 is the next offset after the
 // last record). It returns the child's CPU and peak RSS and the seconds from
 // start to completion.
-func (b *bench) routeUntil(ctx context.Context, t *tb, cfg *config.Pipeline, group, topic string, end int64, done func() bool) (procStat, float64, error) {
-	c := startChild(t, b.bin, cfg, "route")
+func (b *bench) routeUntil(ctx context.Context, t *tb, cfg *config.Pipeline, prof, group, topic string, end int64, done func() bool) (procStat, float64, error) {
+	c := b.profiledChild(t, cfg, "route", prof)
 	defer c.stop()
 	var st procStat
 	for deadline := time.Now().Add(b.s.DrainTimeout); ; {

@@ -101,7 +101,7 @@ targets:
 		must(t, err)
 		logf("lake: plume route stage -> %s, %d rows", where, n)
 		group := "plume." + cfg.Name + ".lake"
-		c := startChild(t, b.bin, cfg, "route")
+		c := b.profiledChild(t, cfg, "route", "target-lake-"+where)
 		var st procStat
 		var firstAt time.Time
 		var firstOff int64

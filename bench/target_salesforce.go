@@ -168,7 +168,7 @@ targets:
 	must(t, err)
 
 	logf("salesforce: %s", v.name)
-	c := startChild(t, b.bin, cfg, "route")
+	c := b.profiledChild(t, cfg, "route", "target-"+v.name)
 	defer c.stop()
 	done := func() bool {
 		recs, _ := d.ByExternalID("Product2", "Sku__c")

@@ -120,7 +120,7 @@ targets:
 	// last, so that it compares with the bare loader; the start-up shows
 	// separately.
 	group := "plume." + name + ".search"
-	c := startChild(t, b.bin, cfg, "route")
+	c := b.profiledChild(t, cfg, "route", "target-search")
 	var st procStat
 	var firstAt time.Time
 	var firstOff int64
