@@ -270,8 +270,7 @@ func must(t *tb, err error) {
 	}
 }
 
-// medianRun is the run with the median events/s (the lower middle one of an
-// even count).
+// median is the middle value (the lower middle one of an even count).
 func median(xs []float64) float64 {
 	if len(xs) == 0 {
 		return 0
@@ -281,6 +280,8 @@ func median(xs []float64) float64 {
 	return sorted[(len(sorted)-1)/2]
 }
 
+// medianRun is the run with the median events/s (the lower middle one of an
+// even count).
 func medianRun(runs []DrainRun) DrainRun {
 	sorted := append([]DrainRun(nil), runs...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].EventsSec < sorted[j].EventsSec })

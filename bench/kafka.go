@@ -112,31 +112,50 @@ func (w *capturedWatch) waitEvents(ctx context.Context, n int64, timeout time.Du
 
 // sampleRecords reads up to n committed records of topic from its start.
 func sampleRecords(ctx context.Context, brokers []string, topic string, n int) ([]*kgo.Record, error) {
+	var out []*kgo.Record
+	_, _, err := readFromStart(ctx, brokers, topic, int64(n), 60*time.Second, func(r *kgo.Record) { out = append(out, r) })
+	switch {
+	case ctx.Err() != nil:
+		return out, ctx.Err()
+	case len(out) == 0:
+		return nil, fmt.Errorf("no records in %s: %v", topic, err)
+	}
+	return out, nil // fewer than n records is a smaller sample, not a failure
+}
+
+// readFromStart reads partition 0 of topic from its start, read_committed,
+// passing each record to each, until n records arrived or the timeout
+// passed. It returns how many arrived and how long that took; fewer than n
+// is an error.
+func readFromStart(ctx context.Context, brokers []string, topic string, n int64, timeout time.Duration, each func(*kgo.Record)) (int64, time.Duration, error) {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().AtStart()}}))
 	if err != nil {
-		return nil, err
+		return 0, 0, err
 	}
 	defer cl.Close()
-	var out []*kgo.Record
-	deadline := time.Now().Add(60 * time.Second)
-	for len(out) < n && time.Now().Before(deadline) {
-		pctx, c := context.WithTimeout(ctx, 5*time.Second)
-		fs := cl.PollRecords(pctx, n-len(out))
-		c()
+	start := time.Now()
+	var got int64
+	for got < n && time.Since(start) < timeout {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		fs := cl.PollRecords(pctx, int(n-got))
+		cancel()
 		fs.EachRecord(func(r *kgo.Record) {
-			if len(out) < n {
-				out = append(out, r)
+			if got < n {
+				got++
+				if each != nil {
+					each(r)
+				}
 			}
 		})
 		if ctx.Err() != nil {
-			return out, ctx.Err()
+			return got, time.Since(start), ctx.Err()
 		}
 	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("no records in %s", topic)
+	if got < n {
+		return got, time.Since(start), fmt.Errorf("read %d of %d records of %s in %v", got, n, topic, timeout)
 	}
-	return out, nil
+	return got, time.Since(start), nil
 }
 
 // pprofTop is the top of a profile as `go tool pprof -top` prints it.

@@ -222,7 +222,6 @@ func sortedKeys[V any](m map[string]V) []string {
 	return k
 }
 
-// num formats a rate with thousands separators.
 // producerCell is the bare producer's median and, if it ran more than
 // once, every run.
 func producerCell(d *DrainResult) string {
@@ -236,6 +235,7 @@ func producerCell(d *DrainResult) string {
 	return num(d.Producer.EventsSec) + " (" + strings.Join(runs, " / ") + ")"
 }
 
+// num formats a rate with thousands separators.
 func num(v float64) string {
 	s := fmt.Sprintf("%.0f", v)
 	var b strings.Builder

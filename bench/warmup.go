@@ -25,8 +25,8 @@ import (
 // records shaped like the drain's through the same transactional path in
 // rounds of warmupRound records until two rounds in a row were no more than
 // 5% faster than the best before them (at most the configured number of
-// records and 2 minutes), then reads the last round back. A broker in production has
-// long been warm.
+// records and 2 minutes), then reads the last round back. A broker in
+// production has long been warm.
 type Warmup struct {
 	Records      int64     `json:"records"` // produced in all
 	Rounds       []float64 `json:"rounds"`  // each round's records/s
@@ -78,7 +78,7 @@ func (b *bench) warmBroker(limit int64) Warmup {
 		}
 	}
 	n := min(warmupRound, w.Records)
-	got, d, err := consumeAll(ctx, b.brokers, last+".data", n, 2*time.Minute)
+	got, d, err := readFromStart(ctx, b.brokers, last+".data", n, 2*time.Minute, nil)
 	if err != nil {
 		w.Err = err.Error()
 	}
@@ -87,31 +87,4 @@ func (b *bench) warmBroker(limit int64) Warmup {
 	}
 	w.TotalSeconds = time.Since(start).Seconds()
 	return w
-}
-
-// consumeAll reads topic from its start, read_committed, until n records
-// arrived or the timeout passed.
-func consumeAll(ctx context.Context, brokers []string, topic string, n int64, timeout time.Duration) (int64, time.Duration, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: {0: kgo.NewOffset().AtStart()}}))
-	if err != nil {
-		return 0, 0, err
-	}
-	defer cl.Close()
-	start := time.Now()
-	deadline := start.Add(timeout)
-	var got int64
-	for got < n && time.Now().Before(deadline) {
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		fs := cl.PollFetches(pctx)
-		cancel()
-		got += int64(fs.NumRecords())
-		if ctx.Err() != nil {
-			return got, time.Since(start), ctx.Err()
-		}
-	}
-	if got < n {
-		return got, time.Since(start), fmt.Errorf("consumed %d of %d records of %s in %v", got, n, topic, timeout)
-	}
-	return got, time.Since(start), nil
 }
