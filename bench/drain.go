@@ -8,6 +8,7 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/jackc/pgx/v5"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/plumecdc/plume/pkg/config"
 	pruntime "github.com/plumecdc/plume/pkg/runtime"
@@ -16,40 +17,50 @@ import (
 // DrainResult is workload 1: a backlog of changes written while Plume is
 // stopped, then captured into Kafka.
 type DrainResult struct {
-	Source       string         `json:"source"`
-	RowBytes     int            `json:"row_payload_bytes"`
-	Events       int64          `json:"events"`
-	TxnRows      int            `json:"rows_per_source_txn"`
-	LoadSeconds  float64        `json:"load_seconds"`
-	Runs         []DrainRun     `json:"runs"`    // the plume binary's runs, in order; the figures are the median run's
-	Seconds      float64        `json:"seconds"` // plume process start -> last event committed
-	EventsSec    float64        `json:"events_per_sec"`
-	MBSec        float64        `json:"mb_per_sec"` // record bytes (key+value+headers) per second
-	RecordBytes  float64        `json:"avg_record_bytes"`
-	CPUUsPerEvt  float64        `json:"cpu_us_per_event"` // plume process CPU / events
-	ProcessCPU   float64        `json:"process_cpu_seconds"`
-	PeakRSSMB    float64        `json:"peak_rss_mb"` // the highest of the runs
-	InProcEvtSec float64        `json:"in_process_events_per_sec,omitempty"`
-	AllocPerEvt  float64        `json:"alloc_bytes_per_event,omitempty"`
-	AllocObjEvt  float64        `json:"alloc_objects_per_event,omitempty"`
-	GCShare      float64        `json:"gc_share,omitempty"`
-	Profile      *ProfileResult `json:"profile,omitempty"`
-	Reader       RawResult      `json:"raw_reader"`
-	Producer     RawResult      `json:"raw_producer"`                // the median run
-	ProducerRuns []float64      `json:"raw_producer_runs,omitempty"` // every run, records/s
-	Limit        float64        `json:"raw_limit_events_per_sec"`
-	Ratio        float64        `json:"ratio_to_limit"`
-	Load         LoadAvg        `json:"load_avg"`
-	Err          string         `json:"error,omitempty"`
+	Source         string         `json:"source"`
+	RowBytes       int            `json:"row_payload_bytes"`
+	Events         int64          `json:"events"`
+	TxnRows        int            `json:"rows_per_source_txn"`
+	LoadSeconds    float64        `json:"load_seconds"`
+	Runs           []DrainRun     `json:"runs"`    // the plume binary's runs, in order; the figures are the median run's
+	Seconds        float64        `json:"seconds"` // plume process start -> last event committed
+	EventsSec      float64        `json:"events_per_sec"`
+	MBSec          float64        `json:"mb_per_sec"` // record bytes (key+value+headers) per second
+	RecordBytes    float64        `json:"avg_record_bytes"`
+	CPUUsPerEvt    float64        `json:"cpu_us_per_event"` // plume process CPU / events
+	ProcessCPU     float64        `json:"process_cpu_seconds"`
+	PeakRSSMB      float64        `json:"peak_rss_mb"` // the highest of the runs
+	InProcEvtSec   float64        `json:"in_process_events_per_sec,omitempty"`
+	AllocPerEvt    float64        `json:"alloc_bytes_per_event,omitempty"`
+	AllocObjEvt    float64        `json:"alloc_objects_per_event,omitempty"`
+	GCShare        float64        `json:"gc_share,omitempty"`
+	Profile        *ProfileResult `json:"profile,omitempty"`
+	Reader         RawResult      `json:"raw_reader"`
+	Producer       RawResult      `json:"raw_producer"`                  // the median run
+	ProducerRuns   []float64      `json:"raw_producer_runs,omitempty"`   // every run, records/s
+	ProducerBroker []BrokerLoad   `json:"raw_producer_broker,omitempty"` // the broker's CPU during each
+	WarmupRuns     []DrainRun     `json:"warmup_runs,omitempty"`         // the binary's unmeasured runs (DrainWarmup)
+	WarmupProducer []RawRun       `json:"warmup_raw_producer,omitempty"` // and the bare producer's
+	Limit          float64        `json:"raw_limit_events_per_sec"`
+	Ratio          float64        `json:"ratio_to_limit"`
+	Load           LoadAvg        `json:"load_avg"`
+	Err            string         `json:"error,omitempty"`
 }
 
 // DrainRun is one run of the plume binary over the whole backlog.
 type DrainRun struct {
-	Seconds     float64 `json:"seconds"`
-	EventsSec   float64 `json:"events_per_sec"`
-	CPUSeconds  float64 `json:"process_cpu_seconds"`
-	CPUUsPerEvt float64 `json:"cpu_us_per_event"`
-	PeakRSSMB   float64 `json:"peak_rss_mb"`
+	Seconds     float64     `json:"seconds"`
+	EventsSec   float64     `json:"events_per_sec"`
+	CPUSeconds  float64     `json:"process_cpu_seconds"`
+	CPUUsPerEvt float64     `json:"cpu_us_per_event"`
+	PeakRSSMB   float64     `json:"peak_rss_mb"`
+	Broker      *BrokerLoad `json:"broker,omitempty"` // the broker's CPU during the run
+}
+
+// RawRun is one unmeasured run of the bare producer.
+type RawRun struct {
+	EventsSec float64     `json:"events_per_sec"`
+	Broker    *BrokerLoad `json:"broker,omitempty"`
 }
 
 // LoadAvg is the machine's 1-minute load average around a workload.
@@ -72,11 +83,12 @@ func (b *bench) drain(t *tb, src source, size int) *DrainResult {
 	must(t, src.CreateTable(ctx, db, table, false))
 
 	// Pipelines over the same backlog: X1..Xk run one after another as the
-	// plume binary (the figures, CPU and RSS; the median run is reported,
-	// every run is listed), P in this process (profiles, GC, allocations).
+	// plume binary (DrainWarmup unmeasured runs, then DrainRuns measured:
+	// the figures, CPU and RSS; the median run is reported, every run is
+	// listed), P in this process (profiles, GC, allocations).
 	specP := pipeSpec{Name: uniq(t, "p"), Dir: t.TempDir(), Src: src, DB: db, Table: table, Brokers: b.brokers}
 	cfgP := specP.write(t)
-	cfgXs := make([]*config.Pipeline, b.s.DrainRuns)
+	cfgXs := make([]*config.Pipeline, b.s.DrainWarmup+b.s.DrainRuns)
 	for i := range cfgXs {
 		specX := specP
 		specX.Name = uniq(t, "x")
@@ -105,10 +117,26 @@ func (b *bench) drain(t *tb, src source, size int) *DrainResult {
 	must(t, src.Load(ctx, db, table, 1, n, size, b.s.TxnRows))
 	res.LoadSeconds = time.Since(t0).Seconds()
 
-	// The plume binary drains the backlog, DrainRuns times.
+	// The plume binary drains the backlog, and after each of its runs the
+	// bare producer writes the same number of Plume's records (sampled from
+	// the first run). The two alternate so that they meet the broker in the
+	// same state, and the first DrainWarmup pairs are not measured: the
+	// broker's JIT compiler keeps recompiling its produce and transaction
+	// paths for a while after it first sees Plume's request mix. Measured
+	// one block after the other and without these runs, the binary's runs
+	// came first, next to 0.15-0.44 cores of JIT compilation in the broker,
+	// and the producer's last, next to 0.08 (see BrokerLoad).
+	var sample []*kgo.Record
+	producing := true
 	for i, cfgX := range cfgXs {
-		logf("drain %s %dB: plume binary draining (run %d of %d)", src.Kind(), size, i+1, len(cfgXs))
+		warm := i < b.s.DrainWarmup
+		what := fmt.Sprintf("run %d of %d", i-b.s.DrainWarmup+1, b.s.DrainRuns)
+		if warm {
+			what = fmt.Sprintf("warm-up run %d of %d, not measured", i+1, b.s.DrainWarmup)
+		}
+		logf("drain %s %dB: plume binary draining (%s)", src.Kind(), size, what)
 		w := b.adm.watch(ctx, dataTopic(cfgX, src, db, table), cfgX.CheckpointTopic())
+		b0 := b.brokerSample()
 		c := startChild(t, b.bin, cfgX, "capture")
 		var st procStat
 		end, got, err := w.waitEvents(ctx, n, b.s.DrainTimeout, func() error {
@@ -122,23 +150,58 @@ func (b *bench) drain(t *tb, src source, size int) *DrainResult {
 		must(t, err)
 		d := end.Sub(c.start)
 		run := DrainRun{Seconds: d.Seconds(), EventsSec: float64(got) / d.Seconds(), CPUSeconds: st.CPU.Seconds(),
-			CPUUsPerEvt: float64(st.CPU.Microseconds()) / float64(got), PeakRSSMB: float64(st.PeakKB) / 1024}
-		res.Runs = append(res.Runs, run)
-		res.PeakRSSMB = max(res.PeakRSSMB, run.PeakRSSMB)
+			CPUUsPerEvt: float64(st.CPU.Microseconds()) / float64(got), PeakRSSMB: float64(st.PeakKB) / 1024,
+			Broker: b.brokerSample().since(b0)}
+		if warm {
+			res.WarmupRuns = append(res.WarmupRuns, run)
+		} else {
+			res.Runs = append(res.Runs, run)
+			res.PeakRSSMB = max(res.PeakRSSMB, run.PeakRSSMB)
+		}
+
+		if sample == nil {
+			sample, err = sampleRecords(ctx, b.brokers, topicX, min(10000, int(n)))
+			must(t, err)
+			var sum int64
+			for _, r := range sample {
+				sum += int64(len(r.Key) + len(r.Value))
+				for _, h := range r.Headers {
+					sum += int64(len(h.Key) + len(h.Value))
+				}
+			}
+			res.RecordBytes = float64(sum) / float64(len(sample))
+		}
+		if !producing {
+			continue
+		}
+		// The bare producer's median run is the limit: a single run of it
+		// varied from 277,000 to 420,000 records/s within an hour on this
+		// machine (it waits on the broker for every flush and commit, so it
+		// takes the broker's hiccups one by one), which moved the ratio by
+		// +-10 points.
+		logf("drain %s %dB: bare producer (%s)", src.Kind(), size, what)
+		b0 = b.brokerSample()
+		r := rawProduce(ctx, b.brokers, b.adm, uniq(t, "prod"), sample, n, b.s.DrainTimeout)
+		bl := b.brokerSample().since(b0)
+		if r.Err != "" {
+			res.Producer = r
+			producing = false
+			continue
+		}
+		if warm {
+			res.WarmupProducer = append(res.WarmupProducer, RawRun{EventsSec: r.EventsSec, Broker: bl})
+			continue
+		}
+		if len(res.ProducerRuns) == 0 {
+			res.Producer = r
+		}
+		res.ProducerRuns = append(res.ProducerRuns, r.EventsSec)
+		if bl != nil {
+			res.ProducerBroker = append(res.ProducerBroker, *bl)
+		}
 	}
 	med := medianRun(res.Runs)
 	res.Seconds, res.EventsSec, res.CPUUsPerEvt, res.ProcessCPU = med.Seconds, med.EventsSec, med.CPUUsPerEvt, med.CPUSeconds
-
-	sample, err := sampleRecords(ctx, b.brokers, topicX, min(10000, int(n)))
-	must(t, err)
-	var sum int64
-	for _, r := range sample {
-		sum += int64(len(r.Key) + len(r.Value))
-		for _, h := range r.Headers {
-			sum += int64(len(h.Key) + len(h.Value))
-		}
-	}
-	res.RecordBytes = float64(sum) / float64(len(sample))
 	res.MBSec = res.EventsSec * res.RecordBytes / 1e6
 
 	// In process, profiled.
@@ -168,28 +231,13 @@ func (b *bench) drain(t *tb, src source, size int) *DrainResult {
 		res.GCShare = prof.GCShare
 	}
 
-	// Raw limits on the same data.
-	logf("drain %s %dB: raw limits", src.Kind(), size)
+	// The bare reader on the same data (the producer ran above).
+	logf("drain %s %dB: bare reader", src.Kind(), size)
 	switch s := src.(type) {
 	case *pgSource:
 		res.Reader = pgRawRead(ctx, s.pg, db, rawSlot, cfgP.Source.Publication, n, b.s.DrainTimeout)
 	case *mysqlSource:
 		res.Reader = mysqlRawRead(ctx, s.m, binlogStart, table, n, b.s.DrainTimeout)
-	}
-	// The bare producer runs as often as the plume binary did and its
-	// median run is the limit: a single run of it varied from 277,000 to
-	// 420,000 records/s within an hour on this machine (it waits on the
-	// broker for every flush and commit, so it takes the broker's hiccups
-	// one by one), which moved the ratio by +-10 points.
-	for i := range b.s.DrainRuns {
-		r := rawProduce(ctx, b.brokers, b.adm, uniq(t, "prod"), sample, n, b.s.DrainTimeout)
-		if i == 0 || r.Err != "" {
-			res.Producer = r
-		}
-		if r.Err != "" {
-			break
-		}
-		res.ProducerRuns = append(res.ProducerRuns, r.EventsSec)
 	}
 	if res.Producer.Err == "" {
 		res.Producer.EventsSec = median(res.ProducerRuns)

@@ -28,6 +28,7 @@ type bench struct {
 	bin     string
 	brokers []string
 	adm     *admin
+	kafka   *testharness.KafkaServer // its CPU time is read per drain run (broker.go)
 	profDir string
 	res     *Results
 	base    string // results file path without extension
@@ -85,7 +86,7 @@ func run() int {
 	defer root.done()
 	err := runStep("servers", func(_ *tb) {
 		k := testharness.Kafka(root)
-		b.brokers = k.Brokers()
+		b.kafka, b.brokers = k, k.Brokers()
 		b.bin = buildPlume(root)
 		b.res.Baseline = measureBaseline(root, b.bin)
 		logf("plume idle: peak RSS %.0f MB (file-backed %.0f MB, anonymous %.0f MB), binary %.0f MB",

@@ -222,6 +222,47 @@ func sortedKeys[V any](m map[string]V) []string {
 	return k
 }
 
+// brokerTable renders the broker's load during each drain run (BrokerLoad)
+// as table rows; none if it was not measured.
+func brokerTable(drains []*DrainResult) []string {
+	load := func(events float64, l *BrokerLoad) string {
+		if l == nil {
+			return num(events) + "/s"
+		}
+		return fmt.Sprintf("%s/s: %.2f / %.2f", num(events), l.Cores, l.JITCores)
+	}
+	var rows []string
+	for _, d := range drains {
+		var wx, wr, x, r []string
+		for _, run := range d.WarmupRuns {
+			wx = append(wx, load(run.EventsSec, run.Broker))
+		}
+		for _, run := range d.WarmupProducer {
+			wr = append(wr, load(run.EventsSec, run.Broker))
+		}
+		for _, run := range d.Runs {
+			x = append(x, load(run.EventsSec, run.Broker))
+		}
+		for i, ev := range d.ProducerRuns {
+			var l *BrokerLoad
+			if i < len(d.ProducerBroker) && len(d.ProducerBroker) == len(d.ProducerRuns) {
+				l = &d.ProducerBroker[i]
+			}
+			r = append(r, load(ev, l))
+		}
+		measured := false
+		for _, run := range d.Runs {
+			measured = measured || run.Broker != nil
+		}
+		if !measured {
+			continue
+		}
+		rows = append(rows, fmt.Sprintf("| %s | %d B | %s | %s | %s | %s |", d.Source, d.RowBytes,
+			strings.Join(wx, "<br>"), strings.Join(wr, "<br>"), strings.Join(x, "<br>"), strings.Join(r, "<br>")))
+	}
+	return rows
+}
+
 // producerCell is the bare producer's median and, if it ran more than
 // once, every run.
 func producerCell(d *DrainResult) string {
@@ -284,8 +325,8 @@ func (r *Results) markdown() string {
 	p("| Plume | %s |", m.Commit)
 	p("")
 	s := r.Settings
-	p("Settings: backlog %s changes (%s B payload rows, %d rows per source transaction, %d plume runs each); snapshot %s rows (workers %v); latency rates %v changes/s for %v each with %d writer connections; end to end %s rows backlog, latency at %d changes/s. Quick run: %v.",
-		num(float64(s.Rows)), joinInts(s.RowSizes), s.TxnRows, s.DrainRuns, num(float64(s.SnapshotRows)), s.SnapWorkers, s.Rates, s.RateDuration, s.WriterConns, num(float64(s.E2ERows)), s.E2ERate, s.Quick)
+	p("Settings: backlog %s changes (%s B payload rows, %d rows per source transaction, %d measured plume runs each after %d warm-up runs); snapshot %s rows (workers %v); latency rates %v changes/s for %v each with %d writer connections; end to end %s rows backlog, latency at %d changes/s. Quick run: %v.",
+		num(float64(s.Rows)), joinInts(s.RowSizes), s.TxnRows, s.DrainRuns, s.DrainWarmup, num(float64(s.SnapshotRows)), s.SnapWorkers, s.Rates, s.RateDuration, s.WriterConns, num(float64(s.E2ERows)), s.E2ERate, s.Quick)
 	p("")
 	for _, rr := range r.Reruns {
 		p("Rerun merged into this file: %s.", rr)
@@ -305,11 +346,19 @@ func (r *Results) markdown() string {
 			for i, x := range w.Rounds {
 				rounds[i] = num(x)
 			}
-			steady := "stopped when two rounds in a row were within 5% of the best before them"
-			if !w.Steady {
-				steady = "stopped by its bound before the rate was steady"
+			jit := ""
+			if len(w.RoundsJIT) == len(w.Rounds) && len(w.RoundsJIT) > 0 && w.RoundsJIT[0] >= 0 {
+				js := make([]string, len(w.RoundsJIT))
+				for i, x := range w.RoundsJIT {
+					js[i] = fmt.Sprintf("%.2f", x)
+				}
+				jit = fmt.Sprintf("; the broker's JIT compiler threads, in cores, during each round: %s", strings.Join(js, ", "))
 			}
-			p("Before the first workload the broker was warmed up (its JIT compiles the produce, transaction and fetch paths): %s records shaped like the 100 B drain's were produced transactionally in rounds of %s (records/s: %s; %s) and the last round read back read_committed (%s/s), %.0f s in all.", num(float64(w.Records)), num(warmupRound), strings.Join(rounds, ", "), steady, num(w.ConsumeSec), w.TotalSeconds)
+			steady := fmt.Sprintf("stopped when two rounds in a row were within 5%% of the best before them and the broker's JIT compiler used under %.2f cores in the last", warmupJITQuiet)
+			if !w.Steady {
+				steady = "stopped by its bound (records or 2 minutes) before that"
+			}
+			p("Before the first workload the broker was warmed up (its JIT compiles the produce, transaction and fetch paths): %s records shaped like the 100 B drain's were produced transactionally in rounds of %s (records/s: %s%s; %s) and the last round read back read_committed (%s/s), %.0f s in all.", num(float64(w.Records)), num(warmupRound), strings.Join(rounds, ", "), jit, steady, num(w.ConsumeSec), w.TotalSeconds)
 		}
 		p("")
 	}
@@ -348,8 +397,18 @@ func (r *Results) markdown() string {
 				spread = max(spread, hi/lo-1)
 			}
 		}
-		p("The plume binary drains the backlog %d time(s), one run after another, each as a fresh pipeline whose start position was set before the backlog was written; events/s, MB/s, CPU-µs/event and the ratio are the median run's, peak RSS is the highest run's. Runs of the same backlog differ by up to %.0f%% here (fastest over slowest), and slower runs usually spend more CPU per event as well, so every run is listed.", r.Settings.DrainRuns, spread*100)
-		p("Events/s is events over the time from starting the plume process to the last event committed (start-up included). MB/s counts record bytes (key, value, headers; before compression). Bare reader: go-mysql BinlogSyncer (rows decoded) or pglogrepl (pgoutput messages) reading the same backlog and discarding it; bare producer: franz-go writing Plume's own records (cycled sample of 10,000) with the capture settings (zstd, acks=all, transactional, 5,000 records per transaction, as capture by default), run as many times as the plume binary, after the readers; its median run counts (every run is listed). The limit is the slower of the two.")
+		p("The plume binary drains the backlog %d time(s), each as a fresh pipeline whose start position was set before the backlog was written, and after each of its runs the bare producer writes the same number of records: the two alternate, so that both meet the broker in the same state, after %d unmeasured pairs of the same (the broker's JIT compiler recompiles its produce and transaction paths for a while after it first sees Plume's request mix; table below). Events/s, MB/s, CPU-µs/event and the ratio are the median run's, peak RSS is the highest measured run's. Measured runs of the same backlog differ by up to %.0f%% here (fastest over slowest), so every run is listed.", r.Settings.DrainRuns, r.Settings.DrainWarmup, spread*100)
+		p("Events/s is events over the time from starting the plume process to the last event committed (start-up included). MB/s counts record bytes (key, value, headers; before compression). Bare reader: go-mysql BinlogSyncer (rows decoded) or pglogrepl (pgoutput messages) reading the same backlog and discarding it, after the other runs; bare producer: franz-go writing Plume's own records (cycled sample of 10,000, taken from the first run's topic) with the capture settings (zstd, acks=all, transactional, 5,000 records per transaction, as capture by default); its median run counts (every run is listed). The limit is the slower of the two.")
+		if bt := brokerTable(r.Drains); len(bt) > 0 {
+			p("")
+			p("The broker's CPU during each run, in cores (all its threads / its JIT compiler threads alone; the broker shares the two cores with the run). Warm-up pairs first, not measured:")
+			p("")
+			p("| source | row | warm-up: plume binary | warm-up: bare producer | plume binary | bare producer |")
+			p("| --- | --- | --- | --- | --- | --- |")
+			for _, row := range bt {
+				p("%s", row)
+			}
+		}
 	}
 	if len(r.Latency) > 0 {
 		p("")

@@ -14,6 +14,7 @@ type Settings struct {
 	Quick         bool          `json:"quick"`
 	Rows          int           `json:"rows"`               // BENCH_ROWS: backlog changes per drain
 	DrainRuns     int           `json:"drain_runs"`         // BENCH_DRAIN_RUNS: plume binary runs per backlog (median reported)
+	DrainWarmup   int           `json:"drain_warmup_runs"`  // BENCH_DRAIN_WARMUP: unmeasured binary + bare producer pairs before a drain's measured runs
 	RowSizes      []int         `json:"row_sizes"`          // BENCH_ROW_SIZES: payload bytes, e.g. 100,1000
 	TxnRows       int           `json:"txn_rows"`           // BENCH_TXN_ROWS: rows per source transaction in the backlog
 	SnapshotRows  int           `json:"snapshot_rows"`      // BENCH_SNAPSHOT_ROWS
@@ -37,6 +38,7 @@ func loadSettings() Settings {
 		Quick:         q,
 		Rows:          envInt("BENCH_ROWS", pick(q, 50_000, 1_000_000)),
 		DrainRuns:     max(1, envInt("BENCH_DRAIN_RUNS", pick(q, 1, 3))),
+		DrainWarmup:   max(0, envInt("BENCH_DRAIN_WARMUP", 2)),
 		RowSizes:      envInts("BENCH_ROW_SIZES", []int{100, 1000}),
 		TxnRows:       envInt("BENCH_TXN_ROWS", 100),
 		SnapshotRows:  envInt("BENCH_SNAPSHOT_ROWS", pick(q, 200_000, 5_000_000)),
@@ -51,7 +53,7 @@ func loadSettings() Settings {
 		WriterConns:   envInt("BENCH_WRITERS", 4),
 		ProfileInProc: env("BENCH_PROFILE", "1") != "0",
 		ProfileFor:    envDur("BENCH_PROFILE_SECONDS", pick(q, 15*time.Second, 30*time.Second)),
-		Warmup:        envCount("BENCH_WARMUP", 10_000_000),
+		Warmup:        envCount("BENCH_WARMUP", 20_000_000),
 	}
 	if q {
 		s.RowSizes = envInts("BENCH_ROW_SIZES", []int{100})

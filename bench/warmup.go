@@ -28,15 +28,20 @@ import (
 // records and 2 minutes), then reads the last round back. A broker in
 // production has long been warm.
 type Warmup struct {
-	Records      int64     `json:"records"` // produced in all
-	Rounds       []float64 `json:"rounds"`  // each round's records/s
-	Steady       bool      `json:"steady"`  // it stopped because the rate stopped rising
+	Records      int64     `json:"records"`          // produced in all
+	Rounds       []float64 `json:"rounds"`           // each round's records/s
+	RoundsJIT    []float64 `json:"rounds_jit_cores"` // the broker's JIT compiler threads during each round, cores (-1: not measured)
+	Steady       bool      `json:"steady"`           // it stopped because the rate stopped rising
 	ConsumeSec   float64   `json:"consume_events_per_sec"`
 	TotalSeconds float64   `json:"seconds"`
 	Err          string    `json:"error,omitempty"`
 }
 
 const warmupRound = 500_000
+
+// warmupJITQuiet is the broker's JIT compilation, in cores, below which a
+// round counts as warm (with a steady rate).
+const warmupJITQuiet = 0.05
 
 // warmBroker produces records shaped like the 100 B drain's (Plume's own
 // encoder, transactional, zstd) until the rate is steady or limit records
@@ -59,20 +64,26 @@ func (b *bench) warmBroker(limit int64) Warmup {
 	for w.Records < limit && time.Since(start) < 2*time.Minute {
 		last = fmt.Sprintf("warmup-%d", time.Now().UnixNano())
 		n := min(warmupRound, limit-w.Records)
+		b0 := b.brokerSample()
 		p := rawProduce(ctx, b.brokers, b.adm, last, sample, n, 2*time.Minute)
+		jit := -1.0 // not measured
+		if l := b.brokerSample().since(b0); l != nil {
+			jit = l.JITCores
+		}
 		if p.Err != "" {
 			w.Err = p.Err
 			return w
 		}
 		w.Records += n
 		w.Rounds = append(w.Rounds, p.EventsSec)
+		w.RoundsJIT = append(w.RoundsJIT, jit)
 		if p.EventsSec > 1.05*best {
 			flat = 0
 		} else {
 			flat++
 		}
 		best = max(best, p.EventsSec)
-		if flat >= 2 {
+		if flat >= 2 && jit < warmupJITQuiet {
 			w.Steady = true
 			break
 		}

@@ -206,6 +206,17 @@ func (s *procServer) Running() bool {
 	return s.proc != nil && !s.proc.exited()
 }
 
+// Pid returns the server process's id, or 0 if it is not running (the
+// benchmarks read the broker's CPU time from /proc).
+func (s *procServer) Pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil || s.proc.exited() {
+		return 0
+	}
+	return s.proc.cmd.Process.Pid
+}
+
 func (s *procServer) close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
