@@ -42,6 +42,10 @@ func corpus() []*Change {
 		{Op: OpTruncate, Table: products, Commit: commit, TxID: "773", Pos: "lsn:0/16B3900", Index: 0, TableIndex: 1},
 		{Op: OpCreate, Table: orders, After: []Value{int64(5), "a,b=c\\d", uint64(math.MaxUint64)}, Commit: commit, TxID: "0-1-42", Pos: "gtid:0-1-42", Index: 3, TableIndex: 4,
 			SourceFields: []Field{{"file", "binlog.000003"}, {"pos", int64(4567)}, {"server_id", int64(1)}}, TraceParent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+		// Every header Record writes (14: a schema, a txid and a trace
+		// parent), as many as a pooled record's array holds.
+		{Op: OpUpdate, Table: products, Before: []Value{int64(43), "SKU-2", Decimal("1.00"), nil}, After: []Value{int64(43), "SKU-2", Decimal("2.00"), nil}, Commit: commit, TxID: "774", Pos: "lsn:0/16B3A00", Index: 0, TableIndex: 1,
+			TraceParent: "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"},
 	}
 }
 
