@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"runtime/pprof"
@@ -264,6 +265,10 @@ func startProfile(dir, name string) (*profile, error) {
 		return nil, err
 	}
 	pr := &profile{dir: dir, name: name}
+	// Collect what the workload's earlier runs left (the bare producer's
+	// buffers, in this process), so that the interval's GC work and
+	// allocation figures are the profiled pipeline's own.
+	runtime.GC()
 	if err := writeHeap(filepath.Join(dir, name+".allocs-base.pb.gz")); err != nil {
 		return nil, err
 	}
