@@ -117,6 +117,27 @@ func (b *bench) drain(t *tb, src source, size int) *DrainResult {
 	must(t, src.Load(ctx, db, table, 1, n, size, b.s.TxnRows))
 	res.LoadSeconds = time.Since(t0).Seconds()
 
+	// In process, profiled: once, after the first run of the binary and
+	// before the first bare producer's. Run after the producers (which run
+	// in this process), the same pipeline allocated more per event, all of
+	// it in franz-go's request and zstd output buffers (MariaDB 100 B: 601
+	// against 517 bytes; PostgreSQL 1 KB: 2,286 against 1,743), and its GC
+	// share rose to 9.7%.
+	inProc := func() {
+		if !b.s.ProfileInProc {
+			return
+		}
+		logf("drain %s %dB: in-process profiled run", src.Kind(), size)
+		prof, evs, el := b.profileInproc(t, cfgP, fmt.Sprintf("drain-%s-%d", src.Kind(), size), n)
+		res.Profile = &prof
+		res.InProcEvtSec = float64(evs) / el.Seconds()
+		if evs > 0 {
+			res.AllocPerEvt = float64(prof.AllocBytes) / float64(evs)
+			res.AllocObjEvt = float64(prof.AllocObjects) / float64(evs)
+		}
+		res.GCShare = prof.GCShare
+	}
+
 	// The plume binary drains the backlog, and after each of its runs the
 	// bare producer writes the same number of Plume's records (sampled from
 	// the first run). The two alternate so that they meet the broker in the
@@ -126,39 +147,6 @@ func (b *bench) drain(t *tb, src source, size int) *DrainResult {
 	// one block after the other and without these runs, the binary's runs
 	// came first, next to 0.15-0.44 cores of JIT compilation in the broker,
 	// and the producer's last, next to 0.08 (see BrokerLoad).
-	// In process, profiled: once, after the first run of the binary and
-	// before the first bare producer's. Run after the producers (which run
-	// in this process), the same pipeline allocated more per event, all of
-	// it in franz-go's request and zstd output buffers (MariaDB 100 B: 601
-	// against 517 bytes; PostgreSQL 1 KB: 2,286 against 1,743), and its GC
-	// share rose to 9.7%.
-	inProc := func() {
-		if b.s.ProfileInProc {
-			logf("drain %s %dB: in-process profiled run", src.Kind(), size)
-			pr, err := startProfile(b.profDir, fmt.Sprintf("drain-%s-%d", src.Kind(), size))
-			must(t, err)
-			start := time.Now()
-			ip, err := startInproc(cfgP, pruntime.StageCapture)
-			if err != nil {
-				pr.stop()
-				must(t, err)
-			}
-			for ip.P.CaptureStats.Events.Load() < n && time.Since(start) < b.s.ProfileFor && ip.failed() == nil {
-				time.Sleep(20 * time.Millisecond)
-			}
-			el := time.Since(start)
-			prof := pr.stop()
-			evs := ip.P.CaptureStats.Events.Load()
-			_ = ip.stop()
-			res.Profile = &prof
-			res.InProcEvtSec = float64(evs) / el.Seconds()
-			if evs > 0 {
-				res.AllocPerEvt = float64(prof.AllocBytes) / float64(evs)
-				res.AllocObjEvt = float64(prof.AllocObjects) / float64(evs)
-			}
-			res.GCShare = prof.GCShare
-		}
-	}
 	var sample []*kgo.Record
 	producing := true
 	for i, cfgX := range cfgXs {

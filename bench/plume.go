@@ -286,6 +286,28 @@ func startProfile(dir, name string) (*profile, error) {
 	return pr, nil
 }
 
+// profileInproc runs cfg's capture stage in this process, profiled, until
+// it has captured n events or ProfileFor has passed, and returns the
+// profile (files named name), the events captured and the time it took.
+func (b *bench) profileInproc(t *tb, cfg *config.Pipeline, name string, n int64) (ProfileResult, int64, time.Duration) {
+	pr, err := startProfile(b.profDir, name)
+	must(t, err)
+	start := time.Now()
+	ip, err := startInproc(cfg, pruntime.StageCapture)
+	if err != nil {
+		pr.stop()
+		must(t, err)
+	}
+	for ip.P.CaptureStats.Events.Load() < n && time.Since(start) < b.s.ProfileFor && ip.failed() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	el := time.Since(start)
+	prof := pr.stop()
+	evs := ip.P.CaptureStats.Events.Load()
+	_ = ip.stop()
+	return prof, evs, el
+}
+
 func (pr *profile) stop() ProfileResult {
 	after := readMetrics()
 	var ru syscall.Rusage

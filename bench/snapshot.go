@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"time"
-
-	pruntime "github.com/plumecdc/plume/pkg/runtime"
 )
 
 // SnapshotResult is workload 3: the initial snapshot of one table with a
@@ -65,21 +63,7 @@ func (b *bench) snapshot(t *tb, src source, record func(*SnapshotResult)) {
 				cfg := spec.write(t)
 				must(t, b.adm.createTopic(ctx, dataTopic(cfg, src, db, table)))
 				logf("snapshot %s: %d workers, in-process profiled run", src.Kind(), workers)
-				pr, err := startProfile(b.profDir, fmt.Sprintf("snapshot-%s-%d", src.Kind(), workers))
-				must(t, err)
-				start := time.Now()
-				ip, err := startInproc(cfg, pruntime.StageCapture)
-				if err != nil {
-					pr.stop()
-					must(t, err)
-				}
-				for ip.P.CaptureStats.Events.Load() < n && time.Since(start) < b.s.ProfileFor && ip.failed() == nil {
-					time.Sleep(20 * time.Millisecond)
-				}
-				el := time.Since(start)
-				prof := pr.stop()
-				evs := ip.P.CaptureStats.Events.Load()
-				_ = ip.stop()
+				prof, evs, el := b.profileInproc(t, cfg, fmt.Sprintf("snapshot-%s-%d", src.Kind(), workers), n)
 				r.Profile = &prof
 				r.InProcRows = float64(evs) / el.Seconds()
 				if evs > 0 {
