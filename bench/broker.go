@@ -55,11 +55,10 @@ func (b *bench) brokerSample() brokerCPU {
 		if err != nil {
 			continue // the thread ended
 		}
-		name, ticks, ok := threadTicks(string(stat))
+		name, d, ok := statCPU(string(stat))
 		if !ok {
 			continue
 		}
-		d := time.Duration(ticks) * time.Second / 100 // USER_HZ
 		s.total += d
 		if strings.HasPrefix(name, "C1 Compiler") || strings.HasPrefix(name, "C2 Compiler") {
 			s.jit += d
@@ -69,10 +68,11 @@ func (b *bench) brokerSample() brokerCPU {
 	return s
 }
 
-// threadTicks parses a /proc/<pid>/task/<tid>/stat line: the thread's name
-// and its user + system CPU time in clock ticks. The name is between the
-// first '(' and the last ')' (it may contain spaces and parentheses).
-func threadTicks(stat string) (string, int64, bool) {
+// statCPU parses a /proc/<pid>/stat or /proc/<pid>/task/<tid>/stat line:
+// the process's or thread's name and its user + system CPU time. The name
+// is between the first '(' and the last ')' (it may contain spaces and
+// parentheses).
+func statCPU(stat string) (string, time.Duration, bool) {
 	lo, hi := strings.IndexByte(stat, '('), strings.LastIndexByte(stat, ')')
 	if lo < 0 || hi < lo {
 		return "", 0, false
@@ -86,7 +86,7 @@ func threadTicks(stat string) (string, int64, bool) {
 	if err1 != nil || err2 != nil {
 		return "", 0, false
 	}
-	return stat[lo+1 : hi], ut + st, true
+	return stat[lo+1 : hi], time.Duration(ut+st) * time.Second / 100, true // in USER_HZ ticks
 }
 
 // since is the broker's load between an earlier reading and s; nil if

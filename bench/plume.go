@@ -11,7 +11,6 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"runtime/pprof"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -126,14 +125,7 @@ func readProcStat(pid int) procStat {
 	var s procStat
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err == nil {
-		if i := strings.LastIndexByte(string(b), ')'); i >= 0 {
-			f := strings.Fields(string(b[i+1:]))
-			if len(f) > 12 {
-				ut, _ := strconv.ParseInt(f[11], 10, 64)
-				st, _ := strconv.ParseInt(f[12], 10, 64)
-				s.CPU = time.Duration(ut+st) * time.Second / 100 // USER_HZ
-			}
-		}
+		_, s.CPU, _ = statCPU(string(b))
 	}
 	s.PeakKB = procField(fmt.Sprintf("/proc/%d/status", pid), "VmHWM")
 	return s
