@@ -55,6 +55,9 @@ type DrainRun struct {
 	CPUUsPerEvt float64     `json:"cpu_us_per_event"`
 	PeakRSSMB   float64     `json:"peak_rss_mb"`
 	Broker      *BrokerLoad `json:"broker,omitempty"` // the broker's CPU during the run
+	// FirstSeconds is the time from starting the process to its first
+	// committed event, seen to within 50 ms.
+	FirstSeconds float64 `json:"first_commit_seconds,omitempty"`
 }
 
 // RawRun is one unmeasured run of the bare producer.
@@ -173,6 +176,9 @@ func (b *bench) drain(t *tb, src source, size int) *DrainResult {
 		run := DrainRun{Seconds: d.Seconds(), EventsSec: float64(got) / d.Seconds(), CPUSeconds: st.CPU.Seconds(),
 			CPUUsPerEvt: float64(st.CPU.Microseconds()) / float64(got), PeakRSSMB: float64(st.PeakKB) / 1024,
 			Broker: b.brokerSample().since(b0)}
+		if !w.first.IsZero() {
+			run.FirstSeconds = w.first.Sub(c.start).Seconds()
+		}
 		if warm {
 			res.WarmupRuns = append(res.WarmupRuns, run)
 		} else {

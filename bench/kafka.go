@@ -68,6 +68,9 @@ type capturedWatch struct {
 	a              *admin
 	data, cp       string
 	dataBase, base int64
+	// first is when waitEvents first saw a committed event (to within its
+	// 50 ms poll): a start-up of the pipeline ends before it.
+	first time.Time
 }
 
 func (a *admin) watch(ctx context.Context, data, cp string) *capturedWatch {
@@ -96,6 +99,9 @@ func (w *capturedWatch) waitEvents(ctx context.Context, n int64, timeout time.Du
 		now := time.Now()
 		if got != last {
 			last, lastChange = got, now
+		}
+		if got > 0 && w.first.IsZero() {
+			w.first = now
 		}
 		if got >= n || (got >= n-3 && now.Sub(lastChange) > 3*time.Second) {
 			return lastChange, got, nil

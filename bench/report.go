@@ -399,6 +399,16 @@ func (r *Results) markdown() string {
 		}
 		p("The plume binary drains the backlog %d time(s), each as a fresh pipeline whose start position was set before the backlog was written, and after each of its runs the bare producer writes the same number of records: the two alternate, so that both meet the broker in the same state, after %d unmeasured pairs of the same (the broker's JIT compiler recompiles its produce and transaction paths for a while after it first sees Plume's request mix; table below). Events/s, MB/s, CPU-µs/event and the ratio are the median run's, peak RSS is the highest measured run's. Measured runs of the same backlog differ by up to %.0f%% here (fastest over slowest), so every run is listed.", r.Settings.DrainRuns, r.Settings.DrainWarmup, spread*100)
 		p("Events/s is events over the time from starting the plume process to the last event committed (start-up included). MB/s counts record bytes (key, value, headers; before compression). Bare reader: go-mysql BinlogSyncer (rows decoded) or pglogrepl (pgoutput messages) reading the same backlog and discarding it, after the other runs; bare producer: franz-go writing Plume's own records (cycled sample of 10,000, taken from the first run's topic) with the capture settings (zstd, acks=all, transactional, 5,000 records per transaction, as capture by default); its median run counts (every run is listed). The limit is the slower of the two.")
+		if pt := pairTable(r.Drains); len(pt) > 0 {
+			p("")
+			p("The ratio of each alternating pair (the binary's run over the bare producer's run after it), and each run's start-up: the time from starting the process to its first committed event (seen to within the 50 ms poll), which includes producing and committing its first transaction. The median ratio above is the ratio of the two medians.")
+			p("")
+			p("| source | row | ratio of each pair | first committed event, s |")
+			p("| --- | --- | --- | --- |")
+			for _, row := range pt {
+				p("%s", row)
+			}
+		}
 		if bt := brokerTable(r.Drains); len(bt) > 0 {
 			p("")
 			p("The broker's CPU during each run, in cores (all its threads / its JIT compiler threads alone; the broker shares the two cores with the run). Warm-up pairs first, not measured:")
@@ -575,4 +585,26 @@ func serverVersions(srcs []source) (pg, maria string) {
 		}
 	}
 	return pg, maria
+}
+
+// pairTable lists, per drain, the ratio of each measured binary run to the
+// bare producer's run that followed it, and each run's start-up.
+func pairTable(ds []*DrainResult) []string {
+	var rows []string
+	for _, d := range ds {
+		var ratios, firsts []string
+		for i, x := range d.Runs {
+			if i < len(d.ProducerRuns) && d.ProducerRuns[i] > 0 {
+				ratios = append(ratios, fmt.Sprintf("%.0f%%", 100*x.EventsSec/d.ProducerRuns[i]))
+			}
+			if x.FirstSeconds > 0 {
+				firsts = append(firsts, fmt.Sprintf("%.2f", x.FirstSeconds))
+			}
+		}
+		if len(ratios) == 0 && len(firsts) == 0 {
+			continue
+		}
+		rows = append(rows, fmt.Sprintf("| %s | %d B | %s | %s |", d.Source, d.RowBytes, orDash(len(ratios) > 0, strings.Join(ratios, " / ")), orDash(len(firsts) > 0, strings.Join(firsts, " / "))))
+	}
+	return rows
 }
