@@ -401,7 +401,7 @@ func (r *Results) markdown() string {
 		p("Events/s is events over the time from starting the plume process to the last event committed (start-up included). MB/s counts record bytes (key, value, headers; before compression). Bare reader: go-mysql BinlogSyncer (rows decoded) or pglogrepl (pgoutput messages) reading the same backlog and discarding it, after the other runs; bare producer: franz-go writing Plume's own records (cycled sample of 10,000, taken from the first run's topic) with the capture settings (zstd, acks=all, transactional, 5,000 records per transaction, as capture by default); its median run counts (every run is listed). The limit is the slower of the two.")
 		if pt := pairTable(r.Drains); len(pt) > 0 {
 			p("")
-			p("The ratio of each alternating pair (the binary's run over the bare producer's run after it), and each run's start-up: the time from starting the process to its first committed event (seen to within the 50 ms poll), which includes producing and committing its first transaction. The median ratio above is the ratio of the two medians.")
+			p("The ratio of each alternating pair (the binary's run over the slower of the bare reader and the bare producer's run after it), and each run's start-up: the time from starting the process to its first committed event (seen to within the 50 ms poll), which includes producing and committing its first transaction. The ratio above is the median run's over the limit of the medians.")
 			p("")
 			p("| source | row | ratio of each pair | first committed event, s |")
 			p("| --- | --- | --- | --- |")
@@ -431,7 +431,7 @@ func (r *Results) markdown() string {
 				l.Append.P50, l.Append.P99, l.Append.P999, l.Visible.P50, l.Visible.P99, l.Visible.P999, l.Visible.Max, l.PlumeCPU, l.WriterLag, l.Load.Start, l.Load.End, errNote(l.Err))
 		}
 		p("")
-		p("Commit time is when the writer's COMMIT returned; append time is the record's LogAppendTime (broker clock, millisecond resolution; the topics are created with message.timestamp.type=LogAppendTime); visible is when a read_committed consumer received it (after the Kafka transaction committed). HDR histograms (hdrhistogram-go), every change recorded. The writer never waits for Plume: rows due each millisecond go as one transaction to a pool of connections. Before the runs the database writes back what earlier workloads left dirty (PostgreSQL: CHECKPOINT; MariaDB: dirty InnoDB pages down to 1% of the buffer pool, at most 120 s; then sync), so the writer's commits do not wait on a previous backlog's I/O.")
+		p("Commit time is when the writer's COMMIT returned; append time is the record's LogAppendTime (broker clock, millisecond resolution; the topics are created with message.timestamp.type=LogAppendTime); visible is when a read_committed consumer received it (after the Kafka transaction committed). HDR histograms (hdrhistogram-go), every change recorded. The writer never waits for Plume: rows due each millisecond go as one transaction to a pool of connections. Before the runs the database writes back what earlier workloads left dirty (PostgreSQL: CHECKPOINT; MariaDB: dirty InnoDB pages down to 1%% of the buffer pool, at most 120 s; then sync), so the writer's commits do not wait on a previous backlog's I/O.")
 	}
 	if len(r.Snapshots) > 0 {
 		p("")
@@ -588,14 +588,17 @@ func serverVersions(srcs []source) (pg, maria string) {
 }
 
 // pairTable lists, per drain, the ratio of each measured binary run to the
-// bare producer's run that followed it, and each run's start-up.
+// limit of its pair (the slower of the bare reader and the bare producer's
+// run that followed it), and each run's start-up.
 func pairTable(ds []*DrainResult) []string {
 	var rows []string
 	for _, d := range ds {
 		var ratios, firsts []string
 		for i, x := range d.Runs {
-			if i < len(d.ProducerRuns) && d.ProducerRuns[i] > 0 {
-				ratios = append(ratios, fmt.Sprintf("%.0f%%", 100*x.EventsSec/d.ProducerRuns[i]))
+			if i < len(d.ProducerRuns) {
+				if limit := minPositive(d.Reader.EventsSec, d.ProducerRuns[i]); limit > 0 {
+					ratios = append(ratios, fmt.Sprintf("%.0f%%", 100*x.EventsSec/limit))
+				}
 			}
 			if x.FirstSeconds > 0 {
 				firsts = append(firsts, fmt.Sprintf("%.2f", x.FirstSeconds))
