@@ -497,12 +497,17 @@ func (st *streamer) emit(ctx context.Context, ch *event.Change, qn string) error
 	return st.em.Emit(ctx, ch)
 }
 
+// convertRow converts row i of e to event values in place: the row's slice
+// becomes the change's image. go-mysql decodes every rows event into fresh
+// slices and never touches them again, onRows converts each row once, and
+// nothing reads e.Rows after onRows, so the slice is the image's alone; a
+// copy would be one more allocation per row.
 func (st *streamer) convertRow(info *tableInfo, e *replication.RowsEvent, i int) ([]event.Value, error) {
 	raw := e.Rows[i]
 	if len(raw) != len(info.cols) {
 		return nil, fmt.Errorf("row has %d columns, TABLE_MAP %d", len(raw), len(info.cols))
 	}
-	out := make([]event.Value, len(raw))
+	out := raw
 	for j, v := range raw {
 		x, err := info.cols[j].fromBinlog(v)
 		if err != nil {

@@ -361,8 +361,14 @@ func (ct *colType) fromBinlog(raw any) (event.Value, error) {
 	if raw == nil {
 		return nil, nil
 	}
+	// Where raw already holds the event.Value type the column converts to,
+	// raw itself is returned: boxing the same value again would allocate
+	// (an int64 beyond 255, a string header) once per column per row.
 	switch ct.kind {
 	case kSigned, kYear:
+		if _, ok := raw.(int64); ok {
+			return raw, nil
+		}
 		if v, ok := toInt64(raw); ok {
 			return v, nil
 		}
@@ -392,8 +398,8 @@ func (ct *colType) fromBinlog(raw any) (event.Value, error) {
 			return float32Value(float32(x)), nil
 		}
 	case kDouble:
-		if x, ok := raw.(float64); ok {
-			return x, nil
+		if _, ok := raw.(float64); ok {
+			return raw, nil
 		}
 	case kDecimal:
 		if x, ok := raw.(string); ok {
@@ -424,7 +430,7 @@ func (ct *colType) fromBinlog(raw any) (event.Value, error) {
 			// change while the change event holds them.
 			switch x := raw.(type) {
 			case string:
-				return x, nil
+				return raw, nil
 			case []byte:
 				return unsafe.String(unsafe.SliceData(x), len(x)), nil
 			}

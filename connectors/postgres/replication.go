@@ -56,6 +56,11 @@ type streamer struct {
 	rels       map[uint32]*streamRel
 	typNames   map[[2]uint32]string
 
+	// rows is the storage of the row message being applied (parseRowMessage),
+	// chg the change being emitted (Emit keeps neither).
+	rows rowScratch
+	chg  event.Change
+
 	// pos is the current checkpoint: lsn advances at each commit and
 	// heartbeat; Snap is the catch-up filter state while its window is open.
 	pos *checkpoint
@@ -354,7 +359,7 @@ func (st *streamer) handle(ctx context.Context, data []byte) error {
 	var err error
 	switch data[0] {
 	case 'I', 'U', 'D':
-		msg, err = parseRowMessage(data)
+		msg, err = parseRowMessage(data, &st.rows)
 	default:
 		msg, err = pglogrepl.Parse(data)
 	}
@@ -559,7 +564,8 @@ func (st *streamer) next(id uint32) (index, tableIndex int64) {
 }
 
 func (st *streamer) emit(ctx context.Context, op event.Op, r *streamRel, index, tindex int64, before, after []event.Value) error {
-	c := &event.Change{
+	c := &st.chg // Emit does not keep it (capture.Emitter)
+	*c = event.Change{
 		Op:           op,
 		Table:        r.table,
 		Before:       before,

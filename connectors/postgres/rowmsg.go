@@ -28,15 +28,25 @@ import (
 //	tuple:  ncols:u16 { 'n' | 'u' | ('t'|'b') len:u32 bytes }
 //
 // Unlike pglogrepl's, a malformed message is an error, not a panic.
-func parseRowMessage(data []byte) (pglogrepl.Message, error) {
+//
+// The message and its tuples are built in s, which the next call reuses
+// (nil: fresh ones). The stream applies each message before it parses the
+// next, and nothing keeps a message or a tuple: decodeTuple copies the
+// column values out into the change's own slice.
+func parseRowMessage(data []byte, s *rowScratch) (pglogrepl.Message, error) {
 	if len(data) < 6 {
 		return nil, fmt.Errorf("%c message of %d bytes", data[0], len(data))
 	}
+	if s == nil {
+		s = new(rowScratch)
+	}
 	rel := binary.BigEndian.Uint32(data[1:5])
 	pos := 5
+	slot := 0
 	tuple := func() (*pglogrepl.TupleData, error) {
-		t, n, err := parseTuple(data[pos:])
+		t, n, err := s.parseTuple(data[pos:], slot)
 		pos += n
+		slot++
 		return t, err
 	}
 	kind := data[pos]
@@ -50,9 +60,11 @@ func parseRowMessage(data []byte) (pglogrepl.Message, error) {
 		if err != nil {
 			return nil, fmt.Errorf("insert: %w", err)
 		}
-		return &pglogrepl.InsertMessage{RelationID: rel, Tuple: t}, nil
+		s.ins = pglogrepl.InsertMessage{RelationID: rel, Tuple: t}
+		return &s.ins, nil
 	case 'U':
-		m := &pglogrepl.UpdateMessage{RelationID: rel}
+		m := &s.upd
+		*m = pglogrepl.UpdateMessage{RelationID: rel}
 		if kind == 'K' || kind == 'O' {
 			t, err := tuple()
 			if err != nil {
@@ -82,20 +94,37 @@ func parseRowMessage(data []byte) (pglogrepl.Message, error) {
 		if err != nil {
 			return nil, fmt.Errorf("delete: %w", err)
 		}
-		return &pglogrepl.DeleteMessage{RelationID: rel, OldTupleType: kind, OldTuple: t}, nil
+		s.del = pglogrepl.DeleteMessage{RelationID: rel, OldTupleType: kind, OldTuple: t}
+		return &s.del, nil
 	}
 	return nil, fmt.Errorf("not a row message: %q", data[0])
 }
 
-// parseTuple parses a TupleData at the start of b and returns it and its
-// length. Column values alias b.
-func parseTuple(b []byte) (*pglogrepl.TupleData, int, error) {
+// rowScratch is the storage of one parsed row message (parseRowMessage):
+// the message and up to two tuples (an update's old and new), reused from
+// one message to the next instead of allocating five objects per row.
+type rowScratch struct {
+	ins  pglogrepl.InsertMessage
+	upd  pglogrepl.UpdateMessage
+	del  pglogrepl.DeleteMessage
+	tds  [2]pglogrepl.TupleData
+	cols [2][]pglogrepl.TupleDataColumn
+	ptrs [2][]*pglogrepl.TupleDataColumn
+}
+
+// parseTuple parses a TupleData at the start of b into tuple slot (0 or 1)
+// of s and returns it and its length. Column values alias b.
+func (s *rowScratch) parseTuple(b []byte, slot int) (*pglogrepl.TupleData, int, error) {
 	if len(b) < 2 {
 		return nil, 0, errors.New("truncated tuple")
 	}
 	n := int(binary.BigEndian.Uint16(b))
-	cols := make([]pglogrepl.TupleDataColumn, n)
-	ptrs := make([]*pglogrepl.TupleDataColumn, n)
+	if cap(s.cols[slot]) < n {
+		s.cols[slot] = make([]pglogrepl.TupleDataColumn, n)
+		s.ptrs[slot] = make([]*pglogrepl.TupleDataColumn, n)
+	}
+	cols, ptrs := s.cols[slot][:n], s.ptrs[slot][:n]
+	clear(cols)
 	pos := 2
 	for i := range cols {
 		if pos >= len(b) {
@@ -123,7 +152,9 @@ func parseTuple(b []byte) (*pglogrepl.TupleData, int, error) {
 		}
 		ptrs[i] = c
 	}
-	return &pglogrepl.TupleData{ColumnNum: uint16(n), Columns: ptrs}, pos, nil
+	td := &s.tds[slot]
+	*td = pglogrepl.TupleData{ColumnNum: uint16(n), Columns: ptrs}
+	return td, pos, nil
 }
 
 // aliasString is the stream's decoder of text-like values: the value is
