@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -88,8 +89,10 @@ func (r *recorder) Emit(ctx context.Context, c *event.Change) error {
 	if r.onEmit != nil {
 		r.onEmit(c)
 	}
+	cc := *c // the source reuses c (capture.Emitter): keep a copy
+	cc.SourceFields = slices.Clone(c.SourceFields)
 	r.mu.Lock()
-	r.pending = append(r.pending, c)
+	r.pending = append(r.pending, &cc)
 	r.mu.Unlock()
 	return nil
 }
