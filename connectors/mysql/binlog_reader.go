@@ -507,21 +507,20 @@ func (st *streamer) convertRow(info *tableInfo, e *replication.RowsEvent, i int)
 	if len(raw) != len(info.cols) {
 		return nil, fmt.Errorf("row has %d columns, TABLE_MAP %d", len(raw), len(info.cols))
 	}
-	out := raw
 	for j, v := range raw {
 		x, err := info.cols[j].fromBinlog(v)
 		if err != nil {
 			return nil, fmt.Errorf("column %s: %w", info.table.Columns[j].Name, err)
 		}
-		out[j] = x
+		raw[j] = x
 	}
 	if i < len(e.SkippedColumns) {
 		// Only with binlog_row_image other than FULL (a session may set it).
 		for _, j := range e.SkippedColumns[i] {
-			out[j] = event.Unchanged{}
+			raw[j] = event.Unchanged{}
 		}
 	}
-	return out, nil
+	return raw, nil
 }
 
 func (st *streamer) newChange(op event.Op, t *event.Table, before, after []event.Value, h *replication.EventHeader, row int64) *event.Change {
