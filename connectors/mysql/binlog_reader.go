@@ -1,6 +1,7 @@
 package mysql
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -48,7 +49,8 @@ type streamer struct {
 	committedGTID string
 	lastCommit    time.Time
 
-	syncer     *replication.BinlogSyncer
+	dump       *dumpConn
+	free       chan *bytes.Buffer // packet buffers back to the dump's reader (dumpConn)
 	events     chan streamItem
 	stopPump   context.CancelFunc
 	lastRecv   time.Time
@@ -88,6 +90,7 @@ type resumeState struct {
 
 type streamItem struct {
 	ev  *replication.BinlogEvent
+	buf *bytes.Buffer // the packet ev's values point into, if pooled (dumpConn); released once ev is handled
 	err error
 }
 
@@ -180,7 +183,9 @@ func (st *streamer) run(ctx context.Context) error {
 				}
 				continue
 			}
-			if err := st.handle(ctx, it.ev); err != nil {
+			err := st.handle(ctx, it.ev)
+			st.release(it) // nothing of the event is kept after handle (dumpConn)
+			if err != nil {
 				return st.finish(ctx, err)
 			}
 			st.lastRecv = time.Now() // after handle: time spent in Emit does not count

@@ -1,6 +1,7 @@
 // Package mysql is Plume's MySQL / MariaDB change-data-capture source: a
-// capture.Source that reads the row-based binary log through go-mysql's
-// replication.BinlogSyncer, plus a chunked, lock-free initial snapshot.
+// capture.Source that reads the row-based binary log as a replica (a dump
+// connection of its own, parsed by go-mysql's replication.BinlogParser:
+// dump.go), plus a chunked, lock-free initial snapshot.
 //
 // See docs/mysql.md for the operator's view (privileges, server settings,
 // positions, snapshot algorithm, runbooks) and docs/types-mysql.md for how
@@ -195,7 +196,7 @@ func parseDSN(s string) (dsn, error) {
 	return d, nil
 }
 
-// hostPort splits the TCP address for the binlog syncer.
+// hostPort splits the TCP address (and checks it before a binlog dump).
 func (d dsn) hostPort() (string, uint16, error) {
 	if d.Net != "tcp" {
 		return d.Addr, 0, nil

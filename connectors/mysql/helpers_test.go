@@ -99,6 +99,7 @@ func (e *recEmitter) Emit(ctx context.Context, c *event.Change) error {
 	if e.keep { // the source reuses c (capture.Emitter): keep a copy
 		cc := *c
 		cc.SourceFields = slices.Clone(c.SourceFields)
+		cc.Before, cc.After = event.CloneImage(c.Before), event.CloneImage(c.After)
 		r.Change = &cc
 	}
 	e.mu.Lock()

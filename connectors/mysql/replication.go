@@ -1,10 +1,10 @@
 package mysql
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"time"
 
@@ -12,11 +12,10 @@ import (
 	"github.com/go-mysql-org/go-mysql/replication"
 )
 
-// The replication connection: one go-mysql BinlogSyncer per connection,
-// started from the streamer's transaction boundary. go-mysql's own retry is
-// off because it may resume inside a transaction; reconnects here always
-// start at a boundary (and skip rows of a half-read transaction that were
-// already emitted, see streamer.resume).
+// The replication connection: one dump connection (dumpConn) per connect,
+// started from the streamer's transaction boundary. It does not reconnect by
+// itself: reconnects here always start at a boundary (and skip rows of a
+// half-read transaction that were already emitted, see streamer.resume).
 
 // heartbeat is the replication heartbeat period asked of the server.
 func (st *streamer) heartbeat() time.Duration {
@@ -32,86 +31,63 @@ func (st *streamer) heartbeat() time.Duration {
 	return hb
 }
 
+// eventQueue is how many parsed events wait between the dump connection's
+// reader and the streamer (each holds at most one packet).
+const eventQueue = 64
+
 // connect starts a binlog dump from the current boundary.
 func (st *streamer) connect(ctx context.Context) error {
 	st.disconnect()
 	s := st.s
-	host, port, err := s.dsn.hostPort()
-	if err != nil {
+	if _, _, err := s.dsn.hostPort(); err != nil {
 		return fmt.Errorf("mysql: %s: %w", s.dsn, err)
 	}
 	dialer := &net.Dialer{Timeout: s.dsn.DialTimeout, KeepAlive: 15 * time.Second}
-	cfg := replication.BinlogSyncerConfig{
-		ServerID:                s.cfg.ServerID,
-		Flavor:                  st.info.Flavor,
-		Host:                    host,
-		Port:                    port,
-		User:                    s.dsn.User,
-		Password:                s.dsn.Password,
-		Localhost:               "plume-" + s.cfg.Pipeline,
-		TLSConfig:               s.tlsConfig(),
-		ParseTime:               false,
-		TimestampStringLocation: time.UTC,
-		HeartbeatPeriod:         st.heartbeat(),
-		DisableRetrySync:        true, // reconnects are ours: only at boundaries
-		Logger:                  slog.New(debugLevel{s.log.Handler()}),
-		Dialer:                  dialer.DialContext,
-		EventCacheCount:         64,
-		RowsEventDecodeFunc:     (&rowsDecoder{st: st}).decode,
+	cfg := dumpConfig{
+		addr:      s.dsn.Addr,
+		user:      s.dsn.User,
+		password:  s.dsn.Password,
+		tls:       s.tlsConfig(),
+		dialer:    dialer.DialContext,
+		serverID:  s.cfg.ServerID,
+		flavor:    st.info.Flavor,
+		hostname:  "plume-" + s.cfg.Pipeline,
+		heartbeat: st.heartbeat(),
+		rowsDec:   (&rowsDecoder{st: st}).decode,
 	}
-	if s.dsn.Net == "unix" {
-		cfg.Host, cfg.Port = s.dsn.Addr, 0
-	}
-	syncer := replication.NewBinlogSyncer(cfg)
-	var bs *replication.BinlogStreamer
+	var gset gomysql.GTIDSet
 	if st.useGTID() {
-		bs, err = syncer.StartSyncGTID(st.gtid.set.Clone())
-	} else {
-		bs, err = syncer.StartSync(gomysql.Position{Name: st.pos.File, Pos: st.pos.Pos})
+		gset = st.gtid.set.Clone()
 	}
+	if st.free == nil {
+		st.free = make(chan *bytes.Buffer, eventQueue+2)
+	}
+	d, err := openDump(ctx, cfg, st.pos, gset, st.free)
 	if err != nil {
-		syncer.Close()
 		return err
 	}
-	st.syncer = syncer
+	st.dump = d
 	st.cur = st.pos
 	pctx, cancel := context.WithCancel(ctx)
 	st.stopPump = cancel
-	st.events = make(chan streamItem, 16)
-	go pump(pctx, bs, st.events)
+	st.events = make(chan streamItem, eventQueue)
+	go d.run(pctx, st.events)
 	st.lastRecv = time.Now()
 	s.log.Info("mysql: streaming", "from", st.pos.String(), "gtid", st.gtid.String(), "by_gtid", st.useGTID())
 	return nil
 }
 
-func pump(ctx context.Context, bs *replication.BinlogStreamer, ch chan<- streamItem) {
-	for {
-		ev, err := bs.GetEvent(ctx)
-		if err != nil {
-			if ctx.Err() == nil {
-				select {
-				case ch <- streamItem{err: err}:
-				case <-ctx.Done():
-				}
-			}
-			return
-		}
-		select {
-		case ch <- streamItem{ev: ev}:
-		case <-ctx.Done():
-			return
-		}
-	}
-}
+// release hands a handled event's packet buffer back to the reader.
+func (st *streamer) release(it streamItem) { releasePacket(st.free, it.buf) }
 
 func (st *streamer) disconnect() {
 	if st.stopPump != nil {
 		st.stopPump()
 		st.stopPump = nil
 	}
-	if st.syncer != nil {
-		st.syncer.Close()
-		st.syncer = nil
+	if st.dump != nil {
+		st.dump.close()
+		st.dump = nil
 	}
 }
 
@@ -124,8 +100,8 @@ func (st *streamer) close() {
 }
 
 // rowsDecoder is one binlog connection's RowsEventDecodeFunc. It runs on
-// that connection's go-mysql parser goroutine only (BinlogSyncer.onStream
-// parses events one at a time), so its scratch needs no lock.
+// that connection's reader goroutine only (dumpConn.run parses events one
+// at a time), so its scratch needs no lock.
 type rowsDecoder struct {
 	st *streamer
 	tm replication.TableMapEvent // scratch: the table map without signedness
@@ -227,20 +203,3 @@ func (st *streamer) onStreamError(ctx context.Context, err error) error {
 	}
 	return st.connectRetry(ctx)
 }
-
-// debugLevel is the slog.Handler given to go-mysql: its records become
-// Debug records. Every error it reports is also returned to the streamer,
-// which logs or returns it with context, so go-mysql's own error lines
-// (for example on every reconnect) would only be noise.
-type debugLevel struct{ slog.Handler }
-
-func (d debugLevel) Enabled(ctx context.Context, _ slog.Level) bool {
-	return d.Handler.Enabled(ctx, slog.LevelDebug)
-}
-
-func (d debugLevel) Handle(ctx context.Context, r slog.Record) error {
-	r.Level = slog.LevelDebug
-	return d.Handler.Handle(ctx, r)
-}
-func (d debugLevel) WithAttrs(a []slog.Attr) slog.Handler { return debugLevel{d.Handler.WithAttrs(a)} }
-func (d debugLevel) WithGroup(n string) slog.Handler      { return debugLevel{d.Handler.WithGroup(n)} }

@@ -424,10 +424,11 @@ func (ct *colType) fromBinlog(raw any) (event.Value, error) {
 	case kText:
 		if ct.decode == nil {
 			// UTF-8 text is used without a copy: it aliases the binlog
-			// packet, which go-mysql reads into a fresh buffer per packet
-			// and never reuses (packet.Conn.ReadPacket), and over which it
-			// returns VARCHAR values as strings itself. So the bytes never
-			// change while the change event holds them.
+			// packet, as go-mysql's own VARCHAR strings do. The packet
+			// is reused only after the streamer has handled its event
+			// (dumpConn), and the Emitter keeps no value past Emit
+			// (capture.Emitter), so the bytes do not change while
+			// anything reads them.
 			switch x := raw.(type) {
 			case string:
 				return raw, nil

@@ -91,6 +91,7 @@ func (r *recorder) Emit(ctx context.Context, c *event.Change) error {
 	}
 	cc := *c // the source reuses c (capture.Emitter): keep a copy
 	cc.SourceFields = slices.Clone(c.SourceFields)
+	cc.Before, cc.After = event.CloneImage(c.Before), event.CloneImage(c.After)
 	r.mu.Lock()
 	r.pending = append(r.pending, &cc)
 	r.mu.Unlock()

@@ -38,9 +38,11 @@ type Source interface {
 type Emitter interface {
 	// Emit adds one change to the current source transaction; the first Emit
 	// after a Commit opens the next one. It may block to apply backpressure.
-	// Emit does not keep c, nor its SourceFields, once it returns: a source
-	// may reuse them for its next change (an Emitter that keeps changes
-	// copies them). Before and After may be kept.
+	// Emit keeps nothing of c once it returns: not c, its SourceFields, its
+	// Before and After, nor the strings and byte slices in them. A source
+	// may reuse all of it for its next changes (the MySQL source's values
+	// point into binlog packets it reads the next events into). An Emitter
+	// that keeps changes copies them (event.CloneImage for the images).
 	Emit(ctx context.Context, c *event.Change) error
 	// Commit closes the current source transaction (it may have no changes,
 	// for a heartbeat or a snapshot-progress step); cp is the checkpoint to

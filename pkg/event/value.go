@@ -1,11 +1,13 @@
 package event
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"math"
 	"sort"
 	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -222,4 +224,41 @@ func KeyText(v Value) string {
 		}
 	}
 	return string(b)
+}
+
+// CloneImage returns a copy of img that shares no memory with it: strings,
+// byte slices, decimals, raw JSON, arrays and objects are copied. An Emitter
+// that keeps a change past Emit keeps CloneImage of its images
+// (capture.Emitter).
+func CloneImage(img []Value) []Value {
+	if img == nil {
+		return nil
+	}
+	out := make([]Value, len(img))
+	for i, v := range img {
+		out[i] = cloneValue(v)
+	}
+	return out
+}
+
+func cloneValue(v Value) Value {
+	switch x := v.(type) {
+	case string:
+		return strings.Clone(x)
+	case []byte:
+		return bytes.Clone(x)
+	case Decimal:
+		return Decimal(strings.Clone(string(x)))
+	case RawJSON:
+		return RawJSON(bytes.Clone(x))
+	case []Value:
+		return CloneImage(x)
+	case map[string]Value:
+		m := make(map[string]Value, len(x))
+		for k, e := range x {
+			m[strings.Clone(k)] = cloneValue(e)
+		}
+		return m
+	}
+	return v
 }
