@@ -114,12 +114,13 @@ func (s *Source) stream(ctx context.Context, em capture.Emitter, meta *pgx.Conn,
 		}
 		closeRepl()
 	}()
-	msgs := make(chan [][]byte, 4)
+	msgs := make(chan *msgBatch, readAhead)
+	free := make(chan *msgBatch, readAhead+2)
 	errc := make(chan error, 3)
 	replyReq := make(chan struct{}, 1)
 
 	wg.Add(3)
-	go func() { defer wg.Done(); s.readLoop(ctx, repl, msgs, replyReq, errc) }()
+	go func() { defer wg.Done(); s.readLoop(ctx, repl, msgs, free, replyReq, errc) }()
 	go func() { defer wg.Done(); s.statusLoop(ctx, repl, &writeMu, replyReq, errc) }()
 	go func() { defer wg.Done(); s.heartbeatLoop(ctx) }()
 
@@ -144,7 +145,7 @@ func (s *Source) stream(ctx context.Context, em capture.Emitter, meta *pgx.Conn,
 				return err
 			}
 		case batch := <-msgs:
-			for _, data := range batch {
+			for _, data := range batch.msgs {
 				err := st.handle(ctx, data)
 				if err == nil && st.window == nil && len(st.pos.Resnap) > 0 {
 					err = st.nextChunk(ctx)
@@ -156,6 +157,9 @@ func (s *Source) stream(ctx context.Context, em capture.Emitter, meta *pgx.Conn,
 					return err
 				}
 			}
+			// Every message of the batch is handled and nothing keeps
+			// one (msgBatch): its arena may take the next messages.
+			batch.recycle(free)
 		}
 	}
 }
@@ -208,12 +212,12 @@ func (s *Source) startReplication(ctx context.Context, lsn pglogrepl.LSN) (*pgco
 // work (commit, a logical decoding message, a relation or type message),
 // at 256 messages or 1 MiB, and when a keepalive shows the server is idle,
 // so nothing waits in a batch while the server has nothing more to send.
-// The channel holds 4 batches: the bound on what is read ahead.
-func (s *Source) readLoop(ctx context.Context, repl *pgconn.PgConn, msgs chan<- [][]byte, replyReq chan<- struct{}, errc chan<- error) {
-	var batch [][]byte
-	size := 0
+// The channel holds readAhead batches: the bound on what is read ahead.
+// Batches come from free, where the stream puts them back once handled.
+func (s *Source) readLoop(ctx context.Context, repl *pgconn.PgConn, msgs chan<- *msgBatch, free chan *msgBatch, replyReq chan<- struct{}, errc chan<- error) {
+	batch := nextBatch(free)
 	flush := func() bool {
-		if len(batch) == 0 {
+		if len(batch.msgs) == 0 {
 			return true
 		}
 		select {
@@ -221,7 +225,7 @@ func (s *Source) readLoop(ctx context.Context, repl *pgconn.PgConn, msgs chan<- 
 		case <-ctx.Done():
 			return false
 		}
-		batch, size = make([][]byte, 0, 64), 0
+		batch = nextBatch(free)
 		return true
 	}
 	// Receive without a context: pgconn would set up (and allocate) a
@@ -275,10 +279,8 @@ func (s *Source) readLoop(ctx context.Context, repl *pgconn.PgConn, msgs chan<- 
 					errc <- fmt.Errorf("postgres: XLogData: %w", err)
 					return
 				}
-				data := append([]byte(nil), xld.WALData...) // m.Data is reused by the next receive
-				batch = append(batch, data)
-				size += len(data)
-				if len(data) == 0 || endsUnit(data[0]) || len(batch) >= 256 || size >= 1<<20 {
+				data := batch.add(xld.WALData) // a copy: m.Data is reused by the next receive
+				if len(data) == 0 || endsUnit(data[0]) || len(batch.msgs) >= 256 || batch.size >= 1<<20 {
 					if !flush() {
 						return
 					}

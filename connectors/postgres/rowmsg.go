@@ -17,8 +17,8 @@ import (
 // every column value byte by byte into a new slice and allocates each
 // column on its own. Here a tuple's columns are one allocation and their
 // values are sub-slices of the message: the message is the reader's own
-// copy of the WAL data (readLoop), never reused, so they stay valid for as
-// long as anything refers to them. The layouts are pgoutput's without
+// copy of the WAL data (readLoop), reused only after the stream has handled
+// every message of its batch (msgBatch), when nothing refers to it. The layouts are pgoutput's without
 // streaming of in-progress transactions (which this source does not
 // request), as in pglogrepl:
 //
@@ -158,7 +158,8 @@ func (s *rowScratch) parseTuple(b []byte, slot int) (*pglogrepl.TupleData, int, 
 }
 
 // aliasString is the stream's decoder of text-like values: the value is
-// used in place (see parseRowMessage for why it never changes). The
+// used in place (see parseRowMessage and msgBatch for why it does not
+// change while the change is emitted). The
 // snapshot keeps decodeString, which copies: pgx reuses its row buffers.
 func aliasString(b []byte) (event.Value, error) {
 	return unsafe.String(unsafe.SliceData(b), len(b)), nil
