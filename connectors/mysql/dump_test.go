@@ -1,11 +1,7 @@
 package mysql
 
 import (
-	"crypto/md5"
-	"encoding/hex"
 	"fmt"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -35,7 +31,7 @@ func TestPooledPacketsKeepValues(t *testing.T) {
 	em.onEmit = func(c *event.Change) error {
 		id, _ := c.After[0].(int64)
 		pad, _ := c.After[1].(string)
-		if exp := padFor(c.Table.Name, id); pad != exp && len(bad) < 5 {
+		if exp := testharness.Pad(c.Table.Name, id); pad != exp && len(bad) < 5 {
 			bad = append(bad, fmt.Sprintf("%s id %d: pad %.40q..., want %.40q...", c.Table.Name, id, pad, exp))
 		}
 		if id%500 == 0 {
@@ -49,8 +45,8 @@ func TestPooledPacketsKeepValues(t *testing.T) {
 	for i := 0; i < txns; i++ {
 		lo, hi := i*perTxn/2+1, (i+1)*perTxn/2
 		for _, q := range []string{"BEGIN",
-			fmt.Sprintf("INSERT INTO a SELECT seq, %s FROM seq_%d_to_%d", padSQL("a"), lo, hi),
-			fmt.Sprintf("INSERT INTO b SELECT seq, %s FROM seq_%d_to_%d", padSQL("b"), lo, hi),
+			fmt.Sprintf("INSERT INTO a SELECT seq, %s FROM seq_%d_to_%d", testharness.PadSQL(false, "a", "seq"), lo, hi),
+			fmt.Sprintf("INSERT INTO b SELECT seq, %s FROM seq_%d_to_%d", testharness.PadSQL(false, "b", "seq"), lo, hi),
 			"COMMIT"} {
 			if _, err := conn.Execute(q); err != nil {
 				t.Fatalf("%s: %v", q, err)
@@ -60,7 +56,7 @@ func TestPooledPacketsKeepValues(t *testing.T) {
 	// One long transaction: a single table map, then ~400 rows events that
 	// are decoded against it long after its own packet was handled.
 	const long = 3000
-	m.Exec(t, db, fmt.Sprintf("INSERT INTO a SELECT seq, %s FROM seq_100001_to_%d", padSQL("a"), 100000+long))
+	m.Exec(t, db, fmt.Sprintf("INSERT INTO a SELECT seq, %s FROM seq_100001_to_%d", testharness.PadSQL(false, "a", "seq"), 100000+long))
 	total := txns*perTxn + long
 	waitFor(t, r, 60*time.Second, "every row", func() bool { return len(em.changes()) >= total })
 	if err := r.stop(t); err != nil {
@@ -69,32 +65,9 @@ func TestPooledPacketsKeepValues(t *testing.T) {
 	if len(bad) > 0 {
 		t.Fatalf("values changed under the stream: %v", bad)
 	}
-	got := em.changes()
-	if len(got) != total {
-		t.Fatalf("%d changes, want %d", len(got), total)
+	var kept []*event.Change
+	for _, rc := range em.changes() {
+		kept = append(kept, rc.Change)
 	}
-	seen := map[string]bool{}
-	for _, rc := range got {
-		c := rc.Change
-		id, _ := c.After[0].(int64)
-		if pad, _ := c.After[1].(string); pad != padFor(c.Table.Name, id) {
-			t.Fatalf("kept copy of %s id %d changed: %.40q...", c.Table.Name, id, pad)
-		}
-		k := c.Table.Name + "/" + strconv.FormatInt(id, 10)
-		if seen[k] {
-			t.Fatalf("%s twice", k)
-		}
-		seen[k] = true
-	}
-}
-
-// padFor is the ~1 KB value padSQL gives row id of table: distinct per row.
-func padFor(table string, id int64) string {
-	sum := md5.Sum([]byte(strconv.FormatInt(id, 10)))
-	return table + ":" + strconv.FormatInt(id, 10) + ":" + strings.Repeat(hex.EncodeToString(sum[:]), 30)
-}
-
-// padSQL is padFor in SQL over seq.
-func padSQL(table string) string {
-	return fmt.Sprintf("CONCAT('%s:', seq, ':', REPEAT(MD5(seq), 30))", table)
+	testharness.CheckPads(t, kept, total) // the recorder's copies, after the stream moved on
 }
