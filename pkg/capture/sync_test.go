@@ -77,7 +77,7 @@ func TestSyncCommitsWhileADataTopicStalls(t *testing.T) {
 				t.Fatal("the change was not produced: the test did not reach the stall")
 			}
 			var committed []string
-			for _, r := range readAll(t, brokers, cfg.CheckpointTopic) {
+			for _, r := range readAll(t, brokers, cfg.CheckpointTopic, 1) {
 				if string(r.Key) == string(checkpointKey) {
 					committed = append(committed, string(r.Value))
 				}
@@ -102,7 +102,7 @@ func TestSyncCommitsWhileADataTopicStalls(t *testing.T) {
 					t.Fatal("p1 was not acknowledged after the stall ended")
 				}
 			}
-			if n := len(readAll(t, brokers, "t.public.items")); n != 1 {
+			if n := len(readAll(t, brokers, "t.public.items", 1)); n != 1 {
 				t.Fatalf("%d records in the data topic, want 1", n)
 			}
 		})
