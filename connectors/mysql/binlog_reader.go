@@ -52,7 +52,7 @@ type streamer struct {
 	dump       *dumpConn
 	free       chan *bytes.Buffer // packet buffers back to the dump's reader (dumpConn)
 	events     chan streamItem
-	stopPump   context.CancelFunc
+	stopReader context.CancelFunc
 	lastRecv   time.Time
 	reconnects int
 

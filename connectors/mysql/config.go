@@ -196,7 +196,7 @@ func parseDSN(s string) (dsn, error) {
 	return d, nil
 }
 
-// hostPort splits the TCP address (and checks it before a binlog dump).
+// hostPort splits the TCP address (the dump connection reports its port).
 func (d dsn) hostPort() (string, uint16, error) {
 	if d.Net != "tcp" {
 		return d.Addr, 0, nil

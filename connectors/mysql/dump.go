@@ -7,8 +7,6 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"fmt"
-	"net"
-	"strconv"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
@@ -52,6 +50,7 @@ const maxPooledPacket = 1 << 20
 // dumpConfig is what a dump connection needs.
 type dumpConfig struct {
 	addr      string // host:port, or a unix socket path
+	port      uint16 // addr's port (0 for a socket), reported to the server on registration
 	user      string
 	password  string
 	tls       *tls.Config
@@ -156,11 +155,6 @@ func (d *dumpConn) writeRegister(cfg dumpConfig) error {
 	if len(user) > 255 {
 		user = user[:255]
 	}
-	var port uint16
-	if _, p, err := net.SplitHostPort(cfg.addr); err == nil {
-		n, _ := strconv.ParseUint(p, 10, 16)
-		port = uint16(n)
-	}
 	b := make([]byte, 4, 4+1+4+1+len(host)+1+len(user)+1+2+4+4)
 	b = append(b, gomysql.COM_REGISTER_SLAVE)
 	b = binary.LittleEndian.AppendUint32(b, cfg.serverID)
@@ -169,7 +163,7 @@ func (d *dumpConn) writeRegister(cfg dumpConfig) error {
 	b = append(b, byte(len(user)))
 	b = append(b, user...)
 	b = append(b, 0) // no password
-	b = binary.LittleEndian.AppendUint16(b, port)
+	b = binary.LittleEndian.AppendUint16(b, cfg.port)
 	b = binary.LittleEndian.AppendUint32(b, 0) // replication rank, unused
 	b = binary.LittleEndian.AppendUint32(b, 0) // source id: 0 is fine
 	d.c.ResetSequence()

@@ -39,12 +39,14 @@ const eventQueue = 64
 func (st *streamer) connect(ctx context.Context) error {
 	st.disconnect()
 	s := st.s
-	if _, _, err := s.dsn.hostPort(); err != nil {
+	_, port, err := s.dsn.hostPort()
+	if err != nil {
 		return fmt.Errorf("mysql: %s: %w", s.dsn, err)
 	}
 	dialer := &net.Dialer{Timeout: s.dsn.DialTimeout, KeepAlive: 15 * time.Second}
 	cfg := dumpConfig{
 		addr:      s.dsn.Addr,
+		port:      port,
 		user:      s.dsn.User,
 		password:  s.dsn.Password,
 		tls:       s.tlsConfig(),
@@ -69,7 +71,7 @@ func (st *streamer) connect(ctx context.Context) error {
 	st.dump = d
 	st.cur = st.pos
 	pctx, cancel := context.WithCancel(ctx)
-	st.stopPump = cancel
+	st.stopReader = cancel
 	st.events = make(chan streamItem, eventQueue)
 	go d.run(pctx, st.events)
 	st.lastRecv = time.Now()
@@ -81,9 +83,9 @@ func (st *streamer) connect(ctx context.Context) error {
 func (st *streamer) release(it streamItem) { releasePacket(st.free, it.buf) }
 
 func (st *streamer) disconnect() {
-	if st.stopPump != nil {
-		st.stopPump()
-		st.stopPump = nil
+	if st.stopReader != nil {
+		st.stopReader()
+		st.stopReader = nil
 	}
 	if st.dump != nil {
 		st.dump.close()
