@@ -34,6 +34,9 @@ type streamer struct {
 	// it (capture.Emitter), so every row reuses them instead of allocating.
 	chg    event.Change
 	fields [5]event.Field
+	// imgBefore and imgAfter are the images of the direct row decoder
+	// (directRows), reused for every row for the same reason.
+	imgBefore, imgAfter []event.Value
 
 	pos  binlogPos    // transaction boundary: after the last complete transaction
 	gtid *gtidTracker // GTID set up to pos
@@ -91,7 +94,11 @@ type resumeState struct {
 type streamItem struct {
 	ev  *replication.BinlogEvent
 	buf *bytes.Buffer // the packet ev's values point into, if pooled (dumpConn); released once ev is handled
-	err error
+	// rows is a rows event's row data, in buf, left undecoded for the
+	// direct row decoder (rowsDecoder, rows.go); nil when go-mysql decoded
+	// it into the event's Rows.
+	rows []byte
+	err  error
 }
 
 func newStreamer(s *Source, info *serverInfo, cp *checkpoint, em capture.Emitter) (*streamer, error) {
@@ -183,7 +190,7 @@ func (st *streamer) run(ctx context.Context) error {
 				}
 				continue
 			}
-			err := st.handle(ctx, it.ev)
+			err := st.handle(ctx, it.ev, it.rows)
 			st.release(it) // nothing of the event is kept after handle (dumpConn)
 			if err != nil {
 				return st.finish(ctx, err)
@@ -218,7 +225,9 @@ func (st *streamer) finish(ctx context.Context, err error) error {
 }
 
 // handle processes one binlog event.
-func (st *streamer) handle(ctx context.Context, ev *replication.BinlogEvent) error {
+// handle applies one event. rows is a rows event's undecoded row data
+// (streamItem.rows), nil for every other event.
+func (st *streamer) handle(ctx context.Context, ev *replication.BinlogEvent, rows []byte) error {
 	h := ev.Header
 	if _, hb := ev.Event.(*replication.HeartbeatEvent); !hb {
 		if h.LogPos > 0 && h.Flags&replication.LOG_EVENT_ARTIFICIAL_F == 0 {
@@ -249,7 +258,7 @@ func (st *streamer) handle(ctx context.Context, ev *replication.BinlogEvent) err
 		_, err := st.schema.onTableMap(e)
 		return err
 	case *replication.RowsEvent:
-		return st.onRows(ctx, ev, e)
+		return st.onRows(ctx, ev, e, rows)
 	case *replication.XIDEvent:
 		if st.txn.open {
 			return st.endTxn(ctx, h)
@@ -258,7 +267,7 @@ func (st *streamer) handle(ctx context.Context, ev *replication.BinlogEvent) err
 		return st.onHeartbeat(ctx, h, e)
 	case *replication.TransactionPayloadEvent:
 		for _, inner := range e.Events {
-			if err := st.handle(ctx, inner); err != nil {
+			if err := st.handle(ctx, inner, nil); err != nil {
 				return err
 			}
 		}
@@ -419,7 +428,7 @@ func (st *streamer) onHeartbeat(ctx context.Context, h *replication.EventHeader,
 	return nil
 }
 
-func (st *streamer) onRows(ctx context.Context, ev *replication.BinlogEvent, e *replication.RowsEvent) error {
+func (st *streamer) onRows(ctx context.Context, ev *replication.BinlogEvent, e *replication.RowsEvent, rows []byte) error {
 	info, ok := st.schema.lookup(e.TableID)
 	if !ok {
 		return fmt.Errorf("mysql: rows event for table id %d without TABLE_MAP at %s", e.TableID, st.cur)
@@ -434,18 +443,27 @@ func (st *streamer) onRows(ctx context.Context, ev *replication.BinlogEvent, e *
 	}
 	st.s.lastEventUnix.Store(int64(ev.Header.Timestamp))
 	var op event.Op
-	step := 1
 	switch e.Type() {
 	case replication.EnumRowsEventTypeInsert:
 		op = event.OpCreate
 	case replication.EnumRowsEventTypeUpdate:
-		op, step = event.OpUpdate, 2
+		op = event.OpUpdate
 	case replication.EnumRowsEventTypeDelete:
 		op = event.OpDelete
 	default:
 		return fmt.Errorf("mysql: unknown rows event type at %s", st.cur)
 	}
 	qn := info.table.Database + "." + info.table.Name
+	if rows != nil {
+		if err := st.directRows(ctx, ev, e, info, op, qn, rows); err != nil {
+			return fmt.Errorf("mysql: table %s at %s: %w", qn, st.cur, err)
+		}
+		return nil
+	}
+	step := 1
+	if op == event.OpUpdate {
+		step = 2
+	}
 	for i := 0; i+step <= len(e.Rows); i += step {
 		var before, after []event.Value
 		var err error
@@ -462,27 +480,78 @@ func (st *streamer) onRows(ctx context.Context, ev *replication.BinlogEvent, e *
 		if err != nil {
 			return fmt.Errorf("mysql: table %s at %s: %w", qn, st.cur, err)
 		}
-		if st.snap != nil {
-			st.snap.observe(qn, info.table, before, after, st.cur)
-		}
-		if op == event.OpUpdate && event.KeyChanged(info.table, before, after) {
-			// A key change is a delete of the old key and an insert of the
-			// new one (as Debezium does), each in its own key's partition;
-			// the insert takes the next row index.
-			if err := st.emit(ctx, st.newChange(event.OpDelete, info.table, before, nil, ev.Header, int64(i/step)), qn); err != nil {
-				return err
-			}
-			if err := st.emit(ctx, st.newChange(event.OpCreate, info.table, nil, after, ev.Header, int64(i/step)), qn); err != nil {
-				return err
-			}
-			continue
-		}
-		ch := st.newChange(op, info.table, before, after, ev.Header, int64(i/step))
-		if err := st.emit(ctx, ch, qn); err != nil {
+		if err := st.emitRow(ctx, ev, info, qn, op, before, after, int64(i/step)); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// directRows decodes a rows event's row data with the direct row decoder
+// (rows.go) and emits each row. The images are the streamer's own, reused
+// for every row: capture.Emitter keeps no image, and nothing else here keeps
+// one past emitRow.
+func (st *streamer) directRows(ctx context.Context, ev *replication.BinlogEvent, e *replication.RowsEvent, info *tableInfo, op event.Op, qn string, rows []byte) error {
+	n := len(info.cols)
+	if !info.direct {
+		// rowsDecoder and schemaCache.build judge the same table map.
+		return fmt.Errorf("row data left undecoded for a table the direct decoder does not know")
+	}
+	if int(e.ColumnCount) != n {
+		return fmt.Errorf("rows event has %d columns, TABLE_MAP %d", e.ColumnCount, n)
+	}
+	if cap(st.imgBefore) < n {
+		st.imgBefore, st.imgAfter = make([]event.Value, n), make([]event.Value, n)
+	}
+	st.s.directEvents.Add(1)
+	r := rowImages{data: rows, cols: info.cols}
+	for row := int64(0); r.more(); row++ {
+		var before, after []event.Value
+		var err error
+		switch op {
+		case event.OpCreate:
+			after = st.imgAfter[:n]
+			err = r.next(e.ColumnBitmap1, after)
+		case event.OpDelete:
+			before = st.imgBefore[:n]
+			err = r.next(e.ColumnBitmap1, before)
+		case event.OpUpdate:
+			before, after = st.imgBefore[:n], st.imgAfter[:n]
+			if err = r.next(e.ColumnBitmap1, before); err == nil {
+				if !r.more() {
+					err = errShortRow
+				} else {
+					err = r.next(e.ColumnBitmap2, after)
+				}
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("row %d: %w", row, err)
+		}
+		if err := st.emitRow(ctx, ev, info, qn, op, before, after, row); err != nil {
+			return err
+		}
+	}
+	clear(st.imgBefore)
+	clear(st.imgAfter)
+	return nil
+}
+
+// emitRow emits one row of a rows event: row is its index in the event.
+func (st *streamer) emitRow(ctx context.Context, ev *replication.BinlogEvent, info *tableInfo, qn string, op event.Op, before, after []event.Value, row int64) error {
+	if st.snap != nil {
+		st.snap.observe(qn, info.table, before, after, st.cur)
+	}
+	if op == event.OpUpdate && event.KeyChanged(info.table, before, after) {
+		// A key change is a delete of the old key and an insert of the
+		// new one (as Debezium does), each in its own key's partition;
+		// the insert takes the next row index.
+		if err := st.emit(ctx, st.newChange(event.OpDelete, info.table, before, nil, ev.Header, row), qn); err != nil {
+			return err
+		}
+		return st.emit(ctx, st.newChange(event.OpCreate, info.table, nil, after, ev.Header, row), qn)
+	}
+	return st.emit(ctx, st.newChange(op, info.table, before, after, ev.Header, row), qn)
 }
 
 // emit numbers a change within its transaction and hands it to the Emitter

@@ -42,6 +42,7 @@ type dumpConn struct {
 	c      *client.Conn
 	parser *replication.BinlogParser
 	free   chan *bytes.Buffer
+	rows   *rowsDecoder
 }
 
 // maxPooledPacket is the largest buffer kept for reuse.
@@ -59,7 +60,7 @@ type dumpConfig struct {
 	flavor    string
 	hostname  string // reported to the server as the replica's host (SHOW SLAVE HOSTS)
 	heartbeat time.Duration
-	rowsDec   func(*replication.RowsEvent, []byte) error
+	rows      *rowsDecoder
 }
 
 // openDump connects, registers as a replica and starts the dump from pos,
@@ -78,11 +79,11 @@ func openDump(ctx context.Context, cfg dumpConfig, pos binlogPos, gset gomysql.G
 	if err != nil {
 		return nil, err
 	}
-	d := &dumpConn{c: c, parser: replication.NewBinlogParser(), free: free}
+	d := &dumpConn{c: c, parser: replication.NewBinlogParser(), free: free, rows: cfg.rows}
 	d.parser.SetFlavor(cfg.flavor)
 	d.parser.SetParseTime(false)
 	d.parser.SetTimestampStringLocation(time.UTC)
-	d.parser.SetRowsEventDecodeFunc(cfg.rowsDec)
+	d.parser.SetRowsEventDecodeFunc(cfg.rows.decode)
 	if err := d.start(cfg, pos, gset); err != nil {
 		c.Close()
 		return nil, err
@@ -245,17 +246,22 @@ func (d *dumpConn) run(ctx context.Context, out chan<- streamItem) {
 			return
 		}
 		data = data[1:]
-		if len(data) < replication.EventHeaderSize || !pooledEvent(replication.EventType(data[4])) {
+		pooled := len(data) >= replication.EventHeaderSize && pooledEvent(replication.EventType(data[4]))
+		if !pooled {
 			data = bytes.Clone(data)
 			d.release(buf)
 			buf = nil
 		}
+		// Only a plain rows event's row data may be left to the streamer:
+		// it stays in the pooled packet until the event is handled.
+		d.rows.allow = pooled && replication.EventType(data[4]) != replication.PARTIAL_UPDATE_ROWS_EVENT
 		ev, err := d.parser.Parse(data)
+		rows := d.rows.take()
 		if err != nil {
 			send(streamItem{err: err})
 			return
 		}
-		if !send(streamItem{ev: ev, buf: buf}) {
+		if !send(streamItem{ev: ev, buf: buf, rows: rows}) {
 			return
 		}
 	}

@@ -55,7 +55,7 @@ func (st *streamer) connect(ctx context.Context) error {
 		flavor:    st.info.Flavor,
 		hostname:  "plume-" + s.cfg.Pipeline,
 		heartbeat: st.heartbeat(),
-		rowsDec:   (&rowsDecoder{st: st}).decode,
+		rows:      &rowsDecoder{filter: s.filter, noDirect: s.noDirectRows},
 	}
 	var gset gomysql.GTIDSet
 	if st.useGTID() {
@@ -103,22 +103,39 @@ func (st *streamer) close() {
 
 // rowsDecoder is one binlog connection's RowsEventDecodeFunc. It runs on
 // that connection's reader goroutine only (dumpConn.run parses events one
-// at a time), so its scratch needs no lock.
+// at a time), so its state needs no lock.
 type rowsDecoder struct {
-	st *streamer
+	filter tableFilter
+	// noDirect turns the direct row decoder off (tests compare the two).
+	noDirect bool
+
 	tm replication.TableMapEvent // scratch: the table map without signedness
+
+	// allow is set by dumpConn.run before each Parse: the event is a plain
+	// rows event in a pooled packet, which the streamer may decode itself.
+	allow bool
+	// deferred is the row data of the event just parsed, left undecoded
+	// for the streamer (take).
+	deferred []byte
+	// lastTM and lastDirect cache directTable for the last table map.
+	lastTM     *replication.TableMapEvent
+	lastDirect bool
 }
 
-// decode skips the row data of tables that are not captured, and decodes the
-// others without go-mysql's signedness lookup: go-mysql builds a fresh map of
-// the table's unsigned columns for every row it decodes
-// (TableMapEvent.UnsignedMap in RowsEvent.decodeImage), ~180 bytes and a map
-// fill per row, a quarter of a 100-byte row's allocations. Rows are decoded
-// against a copy of the table map without the signedness bitmap, so every
-// integer arrives signed in its column's width, and colType.fromBinlog
-// reinterprets the unsigned ones (the schema, built from the original table
-// map, knows which). re.Table is restored before the event leaves the parser
-// goroutine; the original table map is never written.
+// decode skips the row data of tables that are not captured. A captured
+// table's row data is left to the streamer's direct decoder (rows.go) when
+// the event allows it (allow) and the decoder knows every column's type;
+// re.Rows then stays empty and take returns the data.
+//
+// Otherwise go-mysql decodes it, without its signedness lookup: go-mysql
+// builds a fresh map of the table's unsigned columns for every row it
+// decodes (TableMapEvent.UnsignedMap in RowsEvent.decodeImage), ~180 bytes
+// and a map fill per row. Rows are decoded against a copy of the table map
+// without the signedness bitmap, so every integer arrives signed in its
+// column's width, and colType.fromBinlog reinterprets the unsigned ones (the
+// schema, built from the original table map, knows which). re.Table is
+// restored before the event leaves the parser goroutine; the original table
+// map is never written.
 func (d *rowsDecoder) decode(re *replication.RowsEvent, data []byte) error {
 	pos, err := re.DecodeHeader(data)
 	if err != nil {
@@ -128,7 +145,11 @@ func (d *rowsDecoder) decode(re *replication.RowsEvent, data []byte) error {
 	if tm == nil {
 		return re.DecodeData(pos, data)
 	}
-	if !d.st.s.filter.Match(string(tm.Schema), string(tm.Table)) {
+	if !d.filter.Match(string(tm.Schema), string(tm.Table)) {
+		return nil
+	}
+	if d.allow && !d.noDirect && d.directTable(tm) {
+		d.deferred = data[pos:]
 		return nil
 	}
 	if len(tm.SignednessBitmap) == 0 {
@@ -140,6 +161,29 @@ func (d *rowsDecoder) decode(re *replication.RowsEvent, data []byte) error {
 	err = re.DecodeData(pos, data)
 	re.Table = tm
 	return err
+}
+
+// directTable reports whether the direct decoder knows every column type of
+// tm: the test schemaCache.build applies (tableInfo.direct), on the same
+// table map.
+func (d *rowsDecoder) directTable(tm *replication.TableMapEvent) bool {
+	if tm == d.lastTM {
+		return d.lastDirect
+	}
+	direct := len(tm.ColumnType) == int(tm.ColumnCount) && len(tm.ColumnMeta) == int(tm.ColumnCount)
+	for i := 0; direct && i < len(tm.ColumnType); i++ {
+		direct = directType(tm.ColumnType[i], tm.ColumnMeta[i]).direct
+	}
+	d.lastTM, d.lastDirect = tm, direct
+	return direct
+}
+
+// take returns the row data the last Parse left undecoded (nil if none) and
+// resets it.
+func (d *rowsDecoder) take() []byte {
+	b := d.deferred
+	d.deferred = nil
+	return b
 }
 
 func (st *streamer) connectRetry(ctx context.Context) error {

@@ -27,6 +27,10 @@ type tableInfo struct {
 	// primary is true when Table.Key is the table's primary key (no
 	// override): no two rows share a key value.
 	primary bool
+	// direct is true when every column's binlog type is decoded by the
+	// direct row decoder (rows.go); the reader then leaves the table's row
+	// data to the streamer (rowsDecoder).
+	direct bool
 }
 
 // schemaCache turns TABLE_MAP events into *event.Table versions. With
@@ -166,6 +170,7 @@ func (c *schemaCache) build(tm *replication.TableMapEvent) (*tableInfo, error) {
 	db, name := string(tm.Schema), string(tm.Table)
 	t := &event.Table{Connector: connectorName, Database: db, Name: name, Columns: make([]event.Column, n)}
 	cols := make([]colType, n)
+	direct := true
 	for i := 0; i < n; i++ {
 		coll, hasColl := colls[i]
 		cs := c.charsetOf(coll, hasColl)
@@ -194,6 +199,8 @@ func (c *schemaCache) build(tm *replication.TableMapEvent) (*tableInfo, error) {
 			c.warned[db+"."+name+"."+string(tm.ColumnName[i])] = true
 			c.log.Warn("mysql: character set not supported, column rendered as bytes", "table", db+"."+name, "column", string(tm.ColumnName[i]), "charset", cs)
 		}
+		ct.bin = directType(tm.ColumnType[i], tm.ColumnMeta[i])
+		direct = direct && ct.bin.direct
 		cols[i] = ct
 		t.Columns[i] = event.Column{Name: string(tm.ColumnName[i]), Type: ct.name}
 	}
@@ -201,7 +208,7 @@ func (c *schemaCache) build(tm *replication.TableMapEvent) (*tableInfo, error) {
 	for _, k := range tm.PrimaryKey {
 		pk = append(pk, int(k))
 	}
-	info := &tableInfo{table: t, cols: cols}
+	info := &tableInfo{table: t, cols: cols, direct: direct}
 	c.setKey(info, pk)
 	return info, nil
 }

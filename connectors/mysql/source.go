@@ -27,6 +27,11 @@ type Source struct {
 	// noGTID makes the source resume by file/pos even when the server has
 	// GTIDs (tests of the file/pos path on MariaDB).
 	noGTID bool
+	// noDirectRows leaves every rows event to go-mysql's decoder (tests
+	// compare it with the direct row decoder, rows.go).
+	noDirectRows bool
+	// directEvents counts the rows events the direct row decoder decoded.
+	directEvents atomic.Int64
 
 	mu      sync.Mutex
 	running bool

@@ -52,6 +52,9 @@ type colType struct {
 	// rendered as its raw bytes, and a snapshot selects it with
 	// CAST(col AS BINARY) so both paths see the same bytes.
 	rawText bool
+	// bin is the column's binlog encoding (binlog-built rules only), for
+	// the direct row decoder (rows.go).
+	bin binCol
 }
 
 var intNames = map[byte]string{
