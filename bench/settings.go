@@ -37,7 +37,7 @@ func loadSettings() Settings {
 	s := Settings{
 		Quick:         q,
 		Rows:          envInt("BENCH_ROWS", pick(q, 50_000, 1_000_000)),
-		DrainRuns:     max(1, envInt("BENCH_DRAIN_RUNS", pick(q, 1, 3))),
+		DrainRuns:     max(1, envInt("BENCH_DRAIN_RUNS", pick(q, 1, 5))),
 		DrainWarmup:   max(0, envInt("BENCH_DRAIN_WARMUP", 2)),
 		RowSizes:      envInts("BENCH_ROW_SIZES", []int{100, 1000}),
 		TxnRows:       envInt("BENCH_TXN_ROWS", 100),
