@@ -504,7 +504,7 @@ func (st *streamer) directRows(ctx context.Context, ev *replication.BinlogEvent,
 		st.imgBefore, st.imgAfter = make([]event.Value, n), make([]event.Value, n)
 	}
 	st.s.directEvents.Add(1)
-	r := rowImages{data: rows, cols: info.cols}
+	r := rowImages{data: rows, cols: info.cols, table: info.table}
 	for row := int64(0); r.more(); row++ {
 		var before, after []event.Value
 		var err error

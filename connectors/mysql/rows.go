@@ -71,8 +71,9 @@ var errShortRow = errors.New("rows event ends inside a value")
 
 // rowImages reads the row images of one rows event's row data, in order.
 type rowImages struct {
-	data []byte
-	cols []colType
+	data  []byte
+	cols  []colType
+	table *event.Table // for the column names in errors
 }
 
 // more reports whether another image follows.
@@ -108,7 +109,7 @@ func (r *rowImages) next(present []byte, dst []event.Value) error {
 		}
 		v, used, err := r.cols[i].fromRow(data)
 		if err != nil {
-			return fmt.Errorf("column %d: %w", i, err)
+			return fmt.Errorf("column %s: %w", r.table.Columns[i].Name, err)
 		}
 		dst[i] = v
 		data = data[used:]

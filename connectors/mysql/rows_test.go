@@ -27,6 +27,21 @@ func TestDirectRowsMatchGoMySQL(t *testing.T) {
 	// formats (MYSQL_TYPE_DATETIME, _TIME, _TIMESTAMP).
 	m.Exec(t, db, "SET GLOBAL mysql56_temporal_format = OFF; CREATE TABLE old (id int primary key, dt datetime, tm time, ts timestamp NULL DEFAULT NULL); SET GLOBAL mysql56_temporal_format = ON")
 
+	// Length prefixes and pack lengths the type matrix does not reach: CHAR
+	// and VARCHAR over 255 bytes (2-byte lengths, from 256 on), tiny/medium blobs (1 and
+	// 3 bytes), a 2-byte ENUM, an 8-byte SET, BIT widths, DECIMAL shapes.
+	var enum, set []string
+	for i := 0; i < 300; i++ {
+		enum = append(enum, fmt.Sprintf("'e%d'", i))
+	}
+	for i := 0; i < 64; i++ {
+		set = append(set, fmt.Sprintf("'s%d'", i))
+	}
+	m.Exec(t, db, "CREATE TABLE wide (id int primary key, c200 char(200), vcl varchar(300) CHARACTER SET latin1, vbin varbinary(300), "+
+		"tb tinyblob, mt mediumtext, mb mediumblob, e2 enum("+strings.Join(enum, ",")+"), s8 set("+strings.Join(set, ",")+"), "+
+		"b7 bit(7), b33 bit(33), d1 decimal(1,0), d9 decimal(9,9), d18 decimal(18,4), d30 decimal(30,0), dt1 datetime(1), ts3 timestamp(3) NULL DEFAULT NULL, tm5 time(5), "+
+		"c64 char(64), v256 varchar(256) CHARACTER SET latin1, v255 varchar(255) CHARACTER SET latin1)")
+
 	direct := newTestSource(t, testConfig(t, m, db))
 	cfg := testConfig(t, m, db)
 	cfg.Pipeline += "-gomysql"
@@ -51,6 +66,11 @@ func TestDirectRowsMatchGoMySQL(t *testing.T) {
 	m.Exec(t, db, "SET SESSION sql_mode = ''; SET SESSION binlog_row_image = 'MINIMAL'; UPDATE types SET ti = ti DIV 2, tx = NULL WHERE id % 5 = 1; DELETE FROM types WHERE id % 7 = 2; SET SESSION binlog_row_image = 'FULL'")
 	m.Exec(t, db, "SET SESSION sql_mode = ''; UPDATE types SET id = id + 100000 WHERE id BETWEEN 1000 AND 1010") // key changes
 	m.Exec(t, db, "DELETE FROM types WHERE id % 11 = 4")
+	var wide []string
+	for id := 0; id < 100; id++ {
+		wide = append(wide, randomWideRow(rng, id))
+	}
+	m.Exec(t, db, "SET SESSION sql_mode = ''; INSERT INTO wide VALUES "+strings.Join(wide, ","))
 	m.Exec(t, db, "INSERT INTO old VALUES (1, '2024-02-29 12:34:56', '-838:59:59', '2001-02-03 04:05:06'), (2, NULL, '00:00:00', NULL)")
 	m.Exec(t, db, "INSERT INTO types (id, vc) VALUES (999999, 'last')")
 
@@ -116,6 +136,42 @@ func sameValue(direct, viaGo event.Value) string {
 		return fmt.Sprintf("direct %#v, go-mysql %#v", direct, viaGo)
 	}
 	return ""
+}
+
+// randomWideRow is a VALUES tuple for the wide table, each value NULL one
+// time in ten.
+func randomWideRow(rng *rand.Rand, id int) string {
+	or := func(v string) string {
+		if rng.Intn(10) == 0 {
+			return "NULL"
+		}
+		return v
+	}
+	rep := func(s string, n int) string { return "'" + strings.Repeat(s, rng.Intn(n+1)) + "'" }
+	digits := func(n int) string {
+		var sb strings.Builder
+		for i := 0; i < n; i++ {
+			sb.WriteByte(byte('0' + rng.Intn(10)))
+		}
+		return sb.String()
+	}
+	var setv []string
+	for i := 0; i < 64; i++ {
+		if rng.Intn(3) == 0 {
+			setv = append(setv, fmt.Sprintf("s%d", i))
+		}
+	}
+	return "(" + strings.Join([]string{
+		fmt.Sprint(id), or(rep("é", 200)), or(rep("ÿ", 300)), or(fmt.Sprintf("REPEAT(x'ab', %d)", rng.Intn(301))),
+		or(fmt.Sprintf("REPEAT(x'cd', %d)", rng.Intn(256))), or(rep("長", 3000)), or(fmt.Sprintf("REPEAT(x'00ff', %d)", rng.Intn(40000))),
+		or(fmt.Sprintf("'e%d'", rng.Intn(300))), or("'" + strings.Join(setv, ",") + "'"),
+		or(fmt.Sprint(rng.Intn(128))), or(fmt.Sprint(rng.Int63n(1 << 33))),
+		or(fmt.Sprintf("-%s", digits(1))), or("0." + digits(9)), or(fmt.Sprintf("%s.%s", digits(14), digits(4))), or("-" + digits(30)),
+		or(fmt.Sprintf("'2%s-0%d-1%d 0%d:1%d:2%d.%s'", digits(3), 1+rng.Intn(9), rng.Intn(9), rng.Intn(9), rng.Intn(6), rng.Intn(6), digits(1))),
+		or(fmt.Sprintf("'20%02d-0%d-1%d 0%d:1%d:2%d.%s'", 1+rng.Intn(36), 1+rng.Intn(9), rng.Intn(9), rng.Intn(9), rng.Intn(6), rng.Intn(6), digits(3))),
+		or(fmt.Sprintf("'-%d:%02d:%02d.%s'", rng.Intn(839), rng.Intn(60), rng.Intn(60), digits(5))),
+		or(rep("😀", 64)), or(rep("y", 256)), or(rep("z", 255)),
+	}, ", ") + ")"
 }
 
 // randomTypesRow is a VALUES tuple for the types table's non-spatial
