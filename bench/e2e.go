@@ -83,7 +83,8 @@ targets:
 	defer w.Close()
 	logf("e2e %s: %d changes/s for %v", src.Kind(), b.s.E2ERate, b.s.RateDuration)
 	start := time.Now()
-	last, _, err := openLoop(ctx, w, b.s.WriterConns, n+1, total, b.s.E2ERate, stm, b.s.RateDuration+30*time.Second)
+	ws, err := openLoop(ctx, w, b.s.WriterConns, n+1, total, b.s.E2ERate, stm, b.s.RateDuration+30*time.Second)
+	last := ws.last
 	must(t, err)
 	r.Achieved = float64(total) / last.Sub(start).Seconds()
 	for deadline := time.Now().Add(60 * time.Second); ; {

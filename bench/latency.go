@@ -28,8 +28,17 @@ type LatencyResult struct {
 	PlumeCPU  float64     `json:"plume_cpu_cores"` // CPU seconds per second during the phase
 	PeakRSSMB float64     `json:"peak_rss_mb"`
 	WriterLag float64     `json:"writer_max_lag_ms"` // how far the writer fell behind its schedule
-	Load      LoadAvg     `json:"load_avg"`
-	Err       string      `json:"error,omitempty"`
+	// Where a stall came from: when (seconds into the run) the writer fell
+	// furthest behind, its longest statement and when that began, and the
+	// commit time of the change slowest to reach Kafka. A long statement
+	// at the time of the lag is the database holding commits; a lag without
+	// one is the writer's own process not running.
+	WriterLagAt     float64 `json:"writer_max_lag_at_s"`
+	WriterStmt      float64 `json:"writer_max_statement_ms"`
+	WriterStmtAt    float64 `json:"writer_max_statement_at_s"`
+	SlowestAppendAt float64 `json:"slowest_append_at_s"`
+	Load            LoadAvg `json:"load_avg"`
+	Err             string  `json:"error,omitempty"`
 }
 
 // Percentiles of a latency distribution, in milliseconds.
@@ -72,9 +81,9 @@ func (s *stamps) idx(id int64) (int64, bool) {
 // for Plume or for its own previous statements: every millisecond the rows
 // that are due go, as one source transaction, to a pool of connections. If
 // the pool falls behind, due rows accumulate into larger transactions; the
-// schedule never slips. It returns the time the last commit returned and the
-// largest lag of a statement's start behind its schedule.
-func openLoop(ctx context.Context, w writer, conns int, lo, total int64, rate int, st *stamps, limit time.Duration) (time.Time, time.Duration, error) {
+// schedule never slips. It returns what writerStats says, and the first
+// error.
+func openLoop(ctx context.Context, w writer, conns int, lo, total int64, rate int, st *stamps, limit time.Duration) (writerStats, error) {
 	type batch struct {
 		lo, hi int64
 		due    time.Time
@@ -83,14 +92,15 @@ func openLoop(ctx context.Context, w writer, conns int, lo, total int64, rate in
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var firstErr error
-	var last time.Time
-	var maxLag time.Duration
+	var ws writerStats
+	start := time.Now()
 	for i := range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for b := range ch {
-				lag := time.Since(b.due)
+				began := time.Now()
+				lag := began.Sub(b.due)
 				if err := w.Insert(ctx, i, b.lo, b.hi); err != nil {
 					mu.Lock()
 					if firstErr == nil {
@@ -106,15 +116,19 @@ func openLoop(ctx context.Context, w writer, conns int, lo, total int64, rate in
 					}
 				}
 				mu.Lock()
-				if now.After(last) {
-					last = now
+				if now.After(ws.last) {
+					ws.last = now
 				}
-				maxLag = max(maxLag, lag)
+				if lag > ws.maxLag {
+					ws.maxLag, ws.maxLagAt = lag, began.Sub(start)
+				}
+				if d := now.Sub(began); d > ws.maxStmt {
+					ws.maxStmt, ws.maxStmtAt = d, began.Sub(start)
+				}
 				mu.Unlock()
 			}
 		}()
 	}
-	start := time.Now()
 	maxBatch := int64(max(rate/200, 1)) // 5 ms of rows
 	var issued int64
 	tick := time.NewTicker(time.Millisecond)
@@ -135,7 +149,16 @@ func openLoop(ctx context.Context, w writer, conns int, lo, total int64, rate in
 	tick.Stop()
 	close(ch)
 	wg.Wait()
-	return last, maxLag, firstErr
+	return ws, firstErr
+}
+
+// writerStats is what an open-loop writer saw: the time its last commit
+// returned, its largest lag of a statement's start behind the schedule and
+// its longest statement, each with when (since the writer started).
+type writerStats struct {
+	last               time.Time
+	maxLag, maxLagAt   time.Duration
+	maxStmt, maxStmtAt time.Duration
 }
 
 // consume reads topic (read_committed) from the start and stamps each
@@ -217,7 +240,7 @@ func (b *bench) latency(t *tb, src source) []*LatencyResult {
 	// connections and the consumer's first fetch.
 	warm := newStamps(1, 500)
 	cur.Store(warm)
-	_, _, err = openLoop(ctx, w, b.s.WriterConns, 1, 500, 500, warm, 30*time.Second)
+	_, err = openLoop(ctx, w, b.s.WriterConns, 1, 500, 500, warm, 30*time.Second)
 	must(t, err)
 	for wait := time.Now().Add(60 * time.Second); warm.seen.Load() < 500 && time.Now().Before(wait); {
 		must(t, c.exited())
@@ -234,9 +257,11 @@ func (b *bench) latency(t *tb, src source) []*LatencyResult {
 		logf("latency %s: %d changes/s for %v", src.Kind(), rate, b.s.RateDuration)
 		cpu0 := c.stat().CPU
 		start := time.Now()
-		last, lag, err := openLoop(ctx, w, b.s.WriterConns, next, total, rate, st, b.s.RateDuration+30*time.Second)
-		r.Seconds = last.Sub(start).Seconds()
-		r.WriterLag = float64(lag.Microseconds()) / 1000
+		ws, err := openLoop(ctx, w, b.s.WriterConns, next, total, rate, st, b.s.RateDuration+30*time.Second)
+		r.Seconds = ws.last.Sub(start).Seconds()
+		r.WriterLag = float64(ws.maxLag.Microseconds()) / 1000
+		r.WriterLagAt, r.WriterStmtAt = ws.maxLagAt.Seconds(), ws.maxStmtAt.Seconds()
+		r.WriterStmt = float64(ws.maxStmt.Microseconds()) / 1000
 		written := int64(0)
 		for i := range st.commit {
 			if st.commit[i].Load() != 0 {
@@ -260,10 +285,15 @@ func (b *bench) latency(t *tb, src source) []*LatencyResult {
 		r.PeakRSSMB = float64(ps.PeakKB) / 1024
 		r.Seen = st.seen.Load()
 		ha, hv := newHist(), newHist()
+		var slowest int64
 		for i := range st.commit {
 			cm, ap, rc := st.commit[i].Load(), st.append[i].Load(), st.recv[i].Load()
 			if cm == 0 || rc == 0 {
 				continue
+			}
+			if ap-cm > slowest {
+				slowest = ap - cm
+				r.SlowestAppendAt = time.Unix(0, cm).Sub(start).Seconds()
 			}
 			// LogAppendTime has millisecond resolution: an append in the
 			// commit's millisecond can read as up to 1 ms before it.

@@ -424,14 +424,18 @@ func (r *Results) markdown() string {
 		p("")
 		p("## 2. Sustained latency (open-loop writer, Plume streaming)")
 		p("")
-		p("| source | target rate | achieved | changes | commit->append p50 / p99 / p99.9 ms | commit->visible p50 / p99 / p99.9 ms | max ms | plume CPU (cores) | writer max lag ms | load start/end |")
-		p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+		p("| source | target rate | achieved | changes | commit->append p50 / p99 / p99.9 ms | commit->visible p50 / p99 / p99.9 ms | max ms | plume CPU (cores) | writer max lag ms | stall: slowest append committed at; writer max lag at; longest statement | load start/end |")
+		p("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 		for _, l := range r.Latency {
-			p("| %s | %s/s | %s/s | %s | %.1f / **%.1f** / %.1f | %.1f / %.1f / %.1f | %.1f | %.2f | %.1f | %.1f / %.1f |%s", l.Source, num(float64(l.Rate)), num(l.Achieved), num(float64(l.Changes)),
-				l.Append.P50, l.Append.P99, l.Append.P999, l.Visible.P50, l.Visible.P99, l.Visible.P999, l.Visible.Max, l.PlumeCPU, l.WriterLag, l.Load.Start, l.Load.End, errNote(l.Err))
+			stall := "-" // results files from before these were recorded
+			if l.WriterStmt > 0 {
+				stall = fmt.Sprintf("%.1f s (%.1f ms); %.1f s; %.1f ms at %.1f s", l.SlowestAppendAt, l.Append.Max, l.WriterLagAt, l.WriterStmt, l.WriterStmtAt)
+			}
+			p("| %s | %s/s | %s/s | %s | %.1f / **%.1f** / %.1f | %.1f / %.1f / %.1f | %.1f | %.2f | %.1f | %s | %.1f / %.1f |%s", l.Source, num(float64(l.Rate)), num(l.Achieved), num(float64(l.Changes)),
+				l.Append.P50, l.Append.P99, l.Append.P999, l.Visible.P50, l.Visible.P99, l.Visible.P999, l.Visible.Max, l.PlumeCPU, l.WriterLag, stall, l.Load.Start, l.Load.End, errNote(l.Err))
 		}
 		p("")
-		p("Commit time is when the writer's COMMIT returned; append time is the record's LogAppendTime (broker clock, millisecond resolution; the topics are created with message.timestamp.type=LogAppendTime); visible is when a read_committed consumer received it (after the Kafka transaction committed). HDR histograms (hdrhistogram-go), every change recorded. The writer never waits for Plume: rows due each millisecond go as one transaction to a pool of connections. Before the runs the database writes back what earlier workloads left dirty (PostgreSQL: CHECKPOINT; MariaDB: dirty InnoDB pages down to 1%% of the buffer pool, at most 120 s; then sync), so the writer's commits do not wait on a previous backlog's I/O.")
+		p("Commit time is when the writer's COMMIT returned; append time is the record's LogAppendTime (broker clock, millisecond resolution; the topics are created with message.timestamp.type=LogAppendTime); visible is when a read_committed consumer received it (after the Kafka transaction committed). HDR histograms (hdrhistogram-go), every change recorded. The writer never waits for Plume: rows due each millisecond go as one transaction to a pool of connections. Before the runs the database writes back what earlier workloads left dirty (PostgreSQL: CHECKPOINT; MariaDB: dirty InnoDB pages down to 1%% of the buffer pool, at most 120 s; then sync), so the writer's commits do not wait on a previous backlog's I/O. The stall column says where the worst moment came from, in seconds into the run: when the change slowest to reach Kafka was committed (and its latency), when the writer fell furthest behind its schedule, and the writer's longest statement with when it began. A longest statement as long as the lag, at the same time, is the database holding commits; a lag without one is the writer's own process not running; a slowest append at another time is the capture path.")
 	}
 	if len(r.Snapshots) > 0 {
 		p("")
