@@ -504,24 +504,24 @@ func (st *streamer) directRows(ctx context.Context, ev *replication.BinlogEvent,
 		st.imgBefore, st.imgAfter = make([]event.Value, n), make([]event.Value, n)
 	}
 	st.s.directEvents.Add(1)
-	r := rowImages{data: rows, cols: info.cols, table: info.table}
+	r := newRowImages(rows, info, e.ColumnBitmap1, e.ColumnBitmap2)
 	for row := int64(0); r.more(); row++ {
 		var before, after []event.Value
 		var err error
 		switch op {
 		case event.OpCreate:
 			after = st.imgAfter[:n]
-			err = r.next(e.ColumnBitmap1, after)
+			err = r.next(0, after)
 		case event.OpDelete:
 			before = st.imgBefore[:n]
-			err = r.next(e.ColumnBitmap1, before)
+			err = r.next(0, before)
 		case event.OpUpdate:
 			before, after = st.imgBefore[:n], st.imgAfter[:n]
-			if err = r.next(e.ColumnBitmap1, before); err == nil {
+			if err = r.next(0, before); err == nil {
 				if !r.more() {
 					err = errShortRow
 				} else {
-					err = r.next(e.ColumnBitmap2, after)
+					err = r.next(1, after)
 				}
 			}
 		}

@@ -74,35 +74,52 @@ type rowImages struct {
 	data  []byte
 	cols  []colType
 	table *event.Table // for the column names in errors
+	// present is the event's column bitmap of each image kind (before or
+	// only image; after image of an update), nullBytes the size of the
+	// null bitmap that starts every image of that kind: a bit per present
+	// column. Both hold for the whole event.
+	present   [2][]byte
+	nullBytes [2]int
+}
+
+func newRowImages(data []byte, info *tableInfo, bitmap1, bitmap2 []byte) rowImages {
+	r := rowImages{data: data, cols: info.cols, table: info.table, present: [2][]byte{bitmap1, bitmap2}}
+	for k, bm := range r.present {
+		if bm == nil {
+			continue
+		}
+		count := 0
+		for i := range r.cols {
+			if bitSet(bm, i) {
+				count++
+			}
+		}
+		r.nullBytes[k] = (count + 7) / 8
+	}
+	return r
 }
 
 // more reports whether another image follows.
 func (r *rowImages) more() bool { return len(r.data) > 0 }
 
-// next decodes the next image into dst (len(r.cols) values): the columns in
-// present (the event's column bitmap), NULLs as nil, the columns absent from
-// it (binlog_row_image other than FULL) as event.Unchanged.
-func (r *rowImages) next(present []byte, dst []event.Value) error {
-	n := len(r.cols)
-	count := 0
-	for i := 0; i < n; i++ {
-		if bitSet(present, i) {
-			count++
-		}
-	}
-	nb := (count + 7) / 8
+// next decodes the next image, of kind k (0: the before or only image, 1:
+// an update's after image), into dst (len(r.cols) values): the present
+// columns, NULLs as nil, the columns absent from the image (binlog_row_image
+// other than FULL) as event.Unchanged.
+func (r *rowImages) next(k int, dst []event.Value) error {
+	present, nb := r.present[k], r.nullBytes[k]
 	if len(r.data) < nb {
 		return errShortRow
 	}
 	nulls, data := r.data[:nb], r.data[nb:]
-	k := 0 // index into nulls: it has a bit per present column only
-	for i := 0; i < n; i++ {
+	j := 0 // index into nulls: it has a bit per present column only
+	for i := range r.cols {
 		if !bitSet(present, i) {
 			dst[i] = event.Unchanged{}
 			continue
 		}
-		null := bitSet(nulls, k)
-		k++
+		null := bitSet(nulls, j)
+		j++
 		if null {
 			dst[i] = nil
 			continue
@@ -189,14 +206,13 @@ func (ct *colType) fromRow(data []byte) (event.Value, int, error) {
 	case gomysql.MYSQL_TYPE_BIT:
 		nbits := int(bc.meta>>8)*8 + int(bc.meta&0xFF)
 		n := (nbits + 7) / 8
-		if n > 8 || len(data) < n {
+		if n > 8 {
+			return nil, 0, fmt.Errorf("bit(%d) is wider than 64 bits", nbits)
+		}
+		if len(data) < n {
 			return nil, 0, errShortRow
 		}
-		var v uint64
-		for _, b := range data[:n] {
-			v = v<<8 | uint64(b)
-		}
-		return v, n, nil
+		return gomysql.BFixedLengthInt(data[:n]), n, nil
 	case gomysql.MYSQL_TYPE_YEAR:
 		if len(data) < 1 {
 			return nil, 0, errShortRow
@@ -238,11 +254,7 @@ func (ct *colType) fromRow(data []byte) (event.Value, int, error) {
 		if len(data) < bc.length {
 			return nil, 0, errShortRow
 		}
-		var v uint64
-		for i := bc.length - 1; i >= 0; i-- {
-			v = v<<8 | uint64(data[i])
-		}
-		return setString(v, ct.set), bc.length, nil
+		return setString(gomysql.FixedLengthInt(data[:bc.length]), ct.set), bc.length, nil
 	case gomysql.MYSQL_TYPE_VARCHAR, gomysql.MYSQL_TYPE_VAR_STRING:
 		b, n, err := lengthPrefixed(data, int(bc.meta))
 		if err != nil {
@@ -265,10 +277,7 @@ func (ct *colType) fromRow(data []byte) (event.Value, int, error) {
 		if len(data) < p {
 			return nil, 0, errShortRow
 		}
-		var l uint64
-		for i := p - 1; i >= 0; i-- {
-			l = l<<8 | uint64(data[i])
-		}
+		l := gomysql.FixedLengthInt(data[:p])
 		if uint64(len(data)-p) < l {
 			return nil, 0, errShortRow
 		}
@@ -330,7 +339,7 @@ func (ct *colType) datetime2(data []byte) (event.Value, int, error) {
 	if dec > 6 || len(data) < n {
 		return nil, 0, errShortRow
 	}
-	intPart := int64(beUint(data[:5])) - 0x8000000000
+	intPart := int64(gomysql.BFixedLengthInt(data[:5])) - 0x8000000000
 	frac := fracMicros(data[5:n], dec)
 	var b [40]byte
 	out := b[:0]
@@ -393,7 +402,7 @@ func (ct *colType) time2(data []byte) (event.Value, int, error) {
 	var tmp int64
 	switch dec {
 	case 1, 2:
-		intPart := int64(beUint(data[:3])) - 0x800000
+		intPart := int64(gomysql.BFixedLengthInt(data[:3])) - 0x800000
 		frac := int64(data[3])
 		if intPart < 0 && frac != 0 {
 			intPart++
@@ -401,7 +410,7 @@ func (ct *colType) time2(data []byte) (event.Value, int, error) {
 		}
 		tmp = intPart<<24 + frac*10000
 	case 3, 4:
-		intPart := int64(beUint(data[:3])) - 0x800000
+		intPart := int64(gomysql.BFixedLengthInt(data[:3])) - 0x800000
 		frac := int64(binary.BigEndian.Uint16(data[3:5]))
 		if intPart < 0 && frac != 0 {
 			intPart++
@@ -409,9 +418,9 @@ func (ct *colType) time2(data []byte) (event.Value, int, error) {
 		}
 		tmp = intPart<<24 + frac*100
 	case 5, 6:
-		tmp = int64(beUint(data[:6])) - 0x800000000000
+		tmp = int64(gomysql.BFixedLengthInt(data[:6])) - 0x800000000000
 	default:
-		tmp = (int64(beUint(data[:3])) - 0x800000) << 24
+		tmp = (int64(gomysql.BFixedLengthInt(data[:3])) - 0x800000) << 24
 	}
 	var b [40]byte
 	out := b[:0]
@@ -433,17 +442,9 @@ func fracMicros(b []byte, dec int) int64 {
 	case 3, 4:
 		return int64(binary.BigEndian.Uint16(b)) * 100
 	case 5, 6:
-		return int64(beUint(b[:3]))
+		return int64(gomysql.BFixedLengthInt(b[:3]))
 	}
 	return 0
-}
-
-func beUint(b []byte) uint64 {
-	var v uint64
-	for _, x := range b {
-		v = v<<8 | uint64(x)
-	}
-	return v
 }
 
 // appendPadded appends v in decimal, zero-padded to width digits.
