@@ -24,8 +24,11 @@ deps:
 test: deps lint
 	CI=$${CI:-true} $(GO) test $(TESTFLAGS) ./...
 	# Capture recycles Kafka records across goroutines: its packages run
-	# again under the race detector.
+	# again under the race detector. So do the MySQL tests of the binlog
+	# reader's hand-off to the streamer (pooled packets, table maps shared
+	# with the parser).
 	CI=$${CI:-true} $(GO) test -race -count=1 ./pkg/event/ ./pkg/capture/
+	CI=$${CI:-true} $(GO) test -race -count=1 -run 'TestDirectRowsMatchGoMySQL|TestPooledPacketsKeepValues|TestTypeMatrix' ./connectors/mysql/
 
 # Unit tests only: skips suites that need servers.
 test-unit:

@@ -135,7 +135,8 @@ type rowsDecoder struct {
 // column's width, and colType.fromBinlog reinterprets the unsigned ones (the
 // schema, built from the original table map, knows which). re.Table is
 // restored before the event leaves the parser goroutine; the original table
-// map is never written.
+// map is never written, and only its fields that stay fixed after parsing
+// are read.
 func (d *rowsDecoder) decode(re *replication.RowsEvent, data []byte) error {
 	pos, err := re.DecodeHeader(data)
 	if err != nil {
@@ -155,8 +156,13 @@ func (d *rowsDecoder) decode(re *replication.RowsEvent, data []byte) error {
 	if len(tm.SignednessBitmap) == 0 {
 		return re.DecodeData(pos, data)
 	}
-	d.tm = *tm
-	d.tm.SignednessBitmap = nil
+	// Only the fields rows decoding reads (types, metadata, count; names for
+	// its error text), which the parser set when it read the table map. The
+	// whole struct must not be copied: the streamer fills the table map's
+	// lazily computed caches (EnumStrValueMap and the like, schemaCache.build)
+	// on its own goroutine, so reading them here would be a data race.
+	d.tm = replication.TableMapEvent{TableID: tm.TableID, Schema: tm.Schema, Table: tm.Table,
+		ColumnCount: tm.ColumnCount, ColumnType: tm.ColumnType, ColumnMeta: tm.ColumnMeta}
 	re.Table = &d.tm
 	err = re.DecodeData(pos, data)
 	re.Table = tm
